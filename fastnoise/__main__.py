@@ -1,0 +1,3 @@
+from fastnoise.cli import main
+
+raise SystemExit(main())

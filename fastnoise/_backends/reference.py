@@ -1,0 +1,112 @@
+"""The pure-torch reference backend: the specification every fused kernel must match.
+
+Each primitive works on tensors in logical (row-major) element order. Noise is drawn
+from :mod:`fastnoise.rng` by (seed, offset) and regenerated in the backward pass, never
+stored. Arithmetic is float32 whatever the input dtype; outputs are rounded once to the
+activation's dtype.
+
+Shapes: ``x`` is ``(N, *feature)``; per-feature parameters (``sigma``, ``weight``,
+``bias``) broadcast against one sample, ``x[0]``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fastnoise import rng
+
+NAME = "torch"
+
+
+def _noise_like(x: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
+    return rng.randn(x.shape, seed, offset, device=x.device)
+
+
+def _sum_to_feature_shape(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Sum a ``(N, *feature)`` tensor over the batch and over dims ``shape`` broadcasts."""
+    t = t.sum(dim=0)
+    # Align trailing dims: a parameter of fewer dims broadcasts from the right.
+    lead = t.dim() - len(shape)
+    if lead > 0:
+        t = t.sum(dim=tuple(range(lead)))
+    dims = tuple(i for i, size in enumerate(shape) if size == 1 and t.shape[i] != 1)
+    if dims:
+        t = t.sum(dim=dims, keepdim=True)
+    return t.reshape(shape)
+
+
+def noise_forward(x: torch.Tensor, sigma: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
+    """Learn2Perturb Eq. (4)-(5): y = x + sigma * z, z ~ N(0, 1) per element."""
+    z = _noise_like(x, seed, offset)
+    return (x.float() + sigma.float() * z).to(x.dtype)
+
+
+def noise_backward_sigma(
+    grad_y: torch.Tensor, sigma: torch.Tensor, seed: int, offset: int
+) -> torch.Tensor:
+    """d loss / d sigma = sum over batch and broadcast dims of grad_y * z (z regenerated)."""
+    z = _noise_like(grad_y, seed, offset)
+    return _sum_to_feature_shape(grad_y.float() * z, sigma.shape).to(sigma.dtype)
+
+
+def pnil_forward(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, seed: int, offset: int
+) -> torch.Tensor:
+    """PNIL Eq. (2)-(3): Sigma = x * W + B, y = x + z * exp(Sigma / 2)."""
+    z = _noise_like(x, seed, offset)
+    xf = x.float()
+    scale = torch.exp((xf * weight.float() + bias.float()) * 0.5)
+    return (xf + z * scale).to(x.dtype)
+
+
+def pnil_backward(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    seed: int,
+    offset: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of PNIL for x, weight and bias, with z regenerated from (seed, offset)."""
+    z = _noise_like(x, seed, offset)
+    xf, g = x.float(), grad_y.float()
+    w = weight.float()
+    half_noise = 0.5 * z * torch.exp((xf * w + bias.float()) * 0.5)  # d y / d Sigma
+    g_sigma = g * half_noise
+    grad_x = (g + g_sigma * w).to(x.dtype)
+    grad_w = _sum_to_feature_shape(g_sigma * xf, weight.shape).to(weight.dtype)
+    grad_b = _sum_to_feature_shape(g_sigma, bias.shape).to(bias.dtype)
+    return grad_x, grad_w, grad_b
+
+
+def pgd_step(
+    x_adv: torch.Tensor,
+    grad: torch.Tensor,
+    x_orig: torch.Tensor,
+    step_size: float,
+    eps: float,
+    clip_min: float,
+    clip_max: float,
+) -> torch.Tensor:
+    """One L-inf PGD iterate: ascend along sign(grad), project on the eps-ball, then the box."""
+    xf = x_adv.float() + step_size * torch.sign(grad.float())
+    orig = x_orig.float()
+    xf = torch.minimum(torch.maximum(xf, orig - eps), orig + eps)
+    return xf.clamp(clip_min, clip_max).to(x_adv.dtype)
+
+
+def random_start(
+    x: torch.Tensor,
+    eps: float,
+    seed: int,
+    offset: int,
+    clip_min: float,
+    clip_max: float,
+    project: bool,
+) -> torch.Tensor:
+    """x + U(-eps, eps) per element, with u from the spec: eps * (2u - 1)."""
+    u = rng.rand(x.shape, seed, offset, device=x.device)
+    xf = x.float() + eps * (2.0 * u - 1.0)
+    if project:
+        xf = xf.clamp(clip_min, clip_max)
+    return xf.to(x.dtype)
