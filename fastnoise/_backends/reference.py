@@ -18,6 +18,14 @@ from fastnoise import rng
 NAME = "torch"
 
 
+def unavailable_reason() -> str | None:
+    return None
+
+
+def supports(device: torch.device) -> bool:
+    return True
+
+
 def _noise_like(x: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
     return rng.randn(x.shape, seed, offset, device=x.device)
 
