@@ -2,8 +2,9 @@
 
 Each primitive works on tensors in logical (row-major) element order. Noise is drawn
 from :mod:`fastnoise.rng` by (seed, offset) and regenerated in the backward pass, never
-stored. Arithmetic is float32 whatever the input dtype; outputs are rounded once to the
-activation's dtype.
+stored. Arithmetic is float32 for float16/bfloat16/float32 inputs (float64 inputs
+compute in float64, so gradcheck can run); outputs are rounded once to the activation's
+dtype. z itself is always the float32 spec value.
 
 Shapes: ``x`` is ``(N, *feature)``; per-feature parameters (``sigma``, ``weight``,
 ``bias``) broadcast against one sample, ``x[0]``.
@@ -26,8 +27,12 @@ def supports(device: torch.device) -> bool:
     return True
 
 
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def _noise_like(x: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
-    return rng.randn(x.shape, seed, offset, device=x.device)
+    return rng.randn(x.shape, seed, offset, device=x.device).to(_compute_dtype(x))
 
 
 def _sum_to_feature_shape(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -46,7 +51,7 @@ def _sum_to_feature_shape(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 def noise_forward(x: torch.Tensor, sigma: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
     """Learn2Perturb Eq. (4)-(5): y = x + sigma * z, z ~ N(0, 1) per element."""
     z = _noise_like(x, seed, offset)
-    return (x.float() + sigma.float() * z).to(x.dtype)
+    return (x + sigma.to(z.dtype) * z).to(x.dtype)
 
 
 def noise_backward_sigma(
@@ -54,7 +59,7 @@ def noise_backward_sigma(
 ) -> torch.Tensor:
     """d loss / d sigma = sum over batch and broadcast dims of grad_y * z (z regenerated)."""
     z = _noise_like(grad_y, seed, offset)
-    return _sum_to_feature_shape(grad_y.float() * z, sigma.shape).to(sigma.dtype)
+    return _sum_to_feature_shape(grad_y * z, sigma.shape).to(sigma.dtype)
 
 
 def pnil_forward(
@@ -62,8 +67,8 @@ def pnil_forward(
 ) -> torch.Tensor:
     """PNIL Eq. (2)-(3): Sigma = x * W + B, y = x + z * exp(Sigma / 2)."""
     z = _noise_like(x, seed, offset)
-    xf = x.float()
-    scale = torch.exp((xf * weight.float() + bias.float()) * 0.5)
+    xf = x.to(z.dtype)
+    scale = torch.exp((xf * weight.to(z.dtype) + bias.to(z.dtype)) * 0.5)
     return (xf + z * scale).to(x.dtype)
 
 
@@ -77,9 +82,9 @@ def pnil_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of PNIL for x, weight and bias, with z regenerated from (seed, offset)."""
     z = _noise_like(x, seed, offset)
-    xf, g = x.float(), grad_y.float()
-    w = weight.float()
-    half_noise = 0.5 * z * torch.exp((xf * w + bias.float()) * 0.5)  # d y / d Sigma
+    xf, g = x.to(z.dtype), grad_y.to(z.dtype)
+    w = weight.to(z.dtype)
+    half_noise = 0.5 * z * torch.exp((xf * w + bias.to(z.dtype)) * 0.5)  # d y / d Sigma
     g_sigma = g * half_noise
     grad_x = (g + g_sigma * w).to(x.dtype)
     grad_w = _sum_to_feature_shape(g_sigma * xf, weight.shape).to(weight.dtype)
@@ -97,8 +102,9 @@ def pgd_step(
     clip_max: float,
 ) -> torch.Tensor:
     """One L-inf PGD iterate: ascend along sign(grad), project on the eps-ball, then the box."""
-    xf = x_adv.float() + step_size * torch.sign(grad.float())
-    orig = x_orig.float()
+    dtype = _compute_dtype(x_adv)
+    xf = x_adv.to(dtype) + step_size * torch.sign(grad.to(dtype))
+    orig = x_orig.to(dtype)
     xf = torch.minimum(torch.maximum(xf, orig - eps), orig + eps)
     return xf.clamp(clip_min, clip_max).to(x_adv.dtype)
 
@@ -113,8 +119,8 @@ def random_start(
     project: bool,
 ) -> torch.Tensor:
     """x + U(-eps, eps) per element, with u from the spec: eps * (2u - 1)."""
-    u = rng.rand(x.shape, seed, offset, device=x.device)
-    xf = x.float() + eps * (2.0 * u - 1.0)
+    u = rng.rand(x.shape, seed, offset, device=x.device).to(_compute_dtype(x))
+    xf = x.to(u.dtype) + eps * (2.0 * u - 1.0)
     if project:
         xf = xf.clamp(clip_min, clip_max)
     return xf.to(x.dtype)
