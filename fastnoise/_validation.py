@@ -53,7 +53,7 @@ def check_per_feature(name: str, param: torch.Tensor, x_name: str, x: torch.Tens
             f"{name} must broadcast to one sample of {x_name} (shape {tuple(sample)}); "
             f"got {tuple(param.shape)} with more dims than a sample"
         )
-    for p, s in zip(reversed(param.shape), reversed(sample)):
+    for p, s in zip(reversed(param.shape), reversed(sample), strict=False):
         if p not in (1, s):
             raise ValueError(
                 f"{name} of shape {tuple(param.shape)} does not broadcast to one sample of "
