@@ -13,7 +13,7 @@ from fastnoise.data.catalog import DatasetInfo, dataset_info
 from fastnoise.data.embedded_subsets import load_embedded
 from fastnoise.data.tensor_dataset import Transform
 
-ROOT_ENV = "FASTNOISE_DATA"
+ROOT_ENV = "FASTNOISE_DATA_ROOT"
 DEFAULT_ROOT = Path("~/.cache/fastnoise/data")
 
 # Marks datasets built here with the plain conversion, so as_tensors may read .data directly.
@@ -25,7 +25,7 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 def default_root() -> Path:
-    """``$FASTNOISE_DATA`` if set, else ``~/.cache/fastnoise/data``."""
+    """``$FASTNOISE_DATA_ROOT`` if set, else ``~/.cache/fastnoise/data``."""
     return Path(os.environ.get(ROOT_ENV) or DEFAULT_ROOT).expanduser()
 
 
