@@ -139,7 +139,7 @@ def uniform_to_normal(u1: torch.Tensor, u2: torch.Tensor) -> tuple[torch.Tensor,
 
 
 def _normal_from_words(words: torch.Tensor, numel: int) -> torch.Tensor:
-    padded = torch.nn.functional.pad(words, (0, 4 * counters_for(numel) - numel))
+    padded = torch.nn.functional.pad(words, (0, -words.numel() % 4))
     u = words_to_uniform(padded).reshape(-1, 4)
     n0, n1 = uniform_to_normal(u[:, 0], u[:, 1])
     n2, n3 = uniform_to_normal(u[:, 2], u[:, 3])
@@ -172,7 +172,9 @@ def randn(
 ) -> torch.Tensor:
     """N(0,1) noise of ``shape`` from (seed, offset): the reference for every backend."""
     numel = _numel(shape)
-    z = _normal_from_words(random_words(numel, seed, offset, device), numel)
+    # Whole counters: a trailing Box-Muller pair needs its partner lane's real word.
+    words = random_words(4 * counters_for(numel), seed, offset, device)
+    z = _normal_from_words(words, numel)
     return z.reshape(shape).to(dtype)
 
 

@@ -1,0 +1,219 @@
+"""Triton backend: the fused kernels of ``fastnoise.kernels`` behind the reference's
+primitive signatures.
+
+Runs CUDA tensors. Under ``TRITON_INTERPRET=1`` (set before the kernels are imported)
+it also runs CPU tensors through Triton's interpreter: that is how the kernels are
+tested without a GPU, and it is the only case in which ``supports(cpu)`` is True.
+
+Strided inputs are made contiguous in logical (row-major) order first, so noise element
+``i`` is always the logical index; a channels_last input costs one extra copy.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import torch
+
+from fastnoise._backends.reference import _sum_to_feature_shape
+
+NAME = "triton"
+
+
+def unavailable_reason() -> str | None:
+    try:
+        importlib.import_module("triton")
+    except Exception as exc:  # ImportError, or a broken install raising anything
+        return f"triton does not import ({type(exc).__name__}: {exc})"
+    if _interpreting():
+        return None
+    if not torch.cuda.is_available():
+        return "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on the CPU interpreter)"
+    return None
+
+
+def _interpreting() -> bool:
+    from fastnoise.kernels.launch import interpreting
+
+    return interpreting()
+
+
+def supports(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and _interpreting()
+
+
+def _kernels():
+    # Imported on first use: importing applies @triton.jit, which reads TRITON_INTERPRET.
+    from fastnoise.kernels import attack_step, launch, noise_injection, pnil
+
+    return launch, noise_injection, pnil, attack_step
+
+
+def _per_feature(param: torch.Tensor, sample_shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """A per-feature parameter broadcast to one whole sample: F contiguous values (tiny)."""
+    return param.to(dtype).broadcast_to(sample_shape).contiguous().view(-1)
+
+
+def _compute_torch_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _rows_features(x: torch.Tensor) -> tuple[int, int]:
+    rows = x.shape[0]
+    return rows, math.prod(x.shape[1:])
+
+
+def noise_forward(x: torch.Tensor, sigma: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
+    """Learn2Perturb Eq. (4)-(5): y = x + sigma * z in one pass."""
+    launch, noise_injection, _, _ = _kernels()
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    if x.numel() == 0:
+        return y
+    _, features = _rows_features(x)
+    sigma_f = _per_feature(sigma, x.shape[1:], _compute_torch_dtype(x.dtype))
+    block = launch.elementwise_block(x.numel())
+    seed_lo, seed_hi = launch.split_seed(seed)
+    grid = (math.ceil(x.numel() / block),)
+    noise_injection.noise_forward_kernel[grid](
+        x, sigma_f, y, x.numel(), features, seed_lo, seed_hi, offset,
+        COMPUTE_DTYPE=launch.compute_dtype(x.dtype), BLOCK=block, num_warps=launch.num_warps(),
+    )  # fmt: skip
+    return y
+
+
+def noise_backward_sigma(
+    grad_y: torch.Tensor, sigma: torch.Tensor, seed: int, offset: int
+) -> torch.Tensor:
+    """d loss / d sigma = sum_n grad_y * z, z regenerated in-kernel (Eq. (4)-(5))."""
+    launch, noise_injection, _, _ = _kernels()
+    grad_y = grad_y.contiguous()
+    rows, features = _rows_features(grad_y)
+    acc_dtype = _compute_torch_dtype(grad_y.dtype)
+    if grad_y.numel() == 0:
+        return torch.zeros_like(sigma)
+    block_f, chunks, rows_per_chunk = launch.reduction_grid(rows, features, grad_y.device)
+    partial = torch.empty((chunks, features), dtype=acc_dtype, device=grad_y.device)
+    seed_lo, seed_hi = launch.split_seed(seed)
+    grid = (math.ceil(features / block_f), chunks)
+    noise_injection.noise_backward_sigma_kernel[grid](
+        grad_y, partial, rows, features, rows_per_chunk, seed_lo, seed_hi, offset,
+        ROWS_ALIGNED=features % 4 == 0, COMPUTE_DTYPE=launch.compute_dtype(grad_y.dtype),
+        BLOCK_F=block_f, num_warps=launch.num_warps(),
+    )  # fmt: skip
+    full = partial.sum(dim=0).view(1, *grad_y.shape[1:])
+    return _sum_to_feature_shape(full, sigma.shape).to(sigma.dtype)
+
+
+def pnil_forward(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, seed: int, offset: int
+) -> torch.Tensor:
+    """PNIL Eq. (2)-(3): y = x + z * exp((x * W + B) / 2) in one pass."""
+    launch, _, pnil, _ = _kernels()
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    if x.numel() == 0:
+        return y
+    _, features = _rows_features(x)
+    compute = _compute_torch_dtype(x.dtype)
+    weight_f = _per_feature(weight, x.shape[1:], compute)
+    bias_f = _per_feature(bias, x.shape[1:], compute)
+    block = launch.elementwise_block(x.numel())
+    seed_lo, seed_hi = launch.split_seed(seed)
+    grid = (math.ceil(x.numel() / block),)
+    pnil.pnil_forward_kernel[grid](
+        x, weight_f, bias_f, y, x.numel(), features, seed_lo, seed_hi, offset,
+        COMPUTE_DTYPE=launch.compute_dtype(x.dtype), BLOCK=block, num_warps=launch.num_warps(),
+    )  # fmt: skip
+    return y
+
+
+def pnil_backward(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    seed: int,
+    offset: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of PNIL for x, W and B in one pass over (grad_y, x), z regenerated."""
+    launch, _, pnil, _ = _kernels()
+    x = x.contiguous()
+    grad_y = grad_y.to(x.dtype).contiguous()
+    grad_x = torch.empty_like(x)
+    if x.numel() == 0:
+        return grad_x, torch.zeros_like(weight), torch.zeros_like(bias)
+    rows, features = _rows_features(x)
+    compute = _compute_torch_dtype(x.dtype)
+    weight_f = _per_feature(weight, x.shape[1:], compute)
+    bias_f = _per_feature(bias, x.shape[1:], compute)
+    block_f, chunks, rows_per_chunk = launch.reduction_grid(rows, features, x.device)
+    partial_w = torch.empty((chunks, features), dtype=compute, device=x.device)
+    partial_b = torch.empty_like(partial_w)
+    seed_lo, seed_hi = launch.split_seed(seed)
+    grid = (math.ceil(features / block_f), chunks)
+    pnil.pnil_backward_kernel[grid](
+        grad_y, x, weight_f, bias_f, grad_x, partial_w, partial_b,
+        rows, features, rows_per_chunk, seed_lo, seed_hi, offset,
+        ROWS_ALIGNED=features % 4 == 0, COMPUTE_DTYPE=launch.compute_dtype(x.dtype),
+        BLOCK_F=block_f, num_warps=launch.num_warps(),
+    )  # fmt: skip
+    sample = x.shape[1:]
+    grad_w = _sum_to_feature_shape(partial_w.sum(dim=0).view(1, *sample), weight.shape)
+    grad_b = _sum_to_feature_shape(partial_b.sum(dim=0).view(1, *sample), bias.shape)
+    return grad_x, grad_w.to(weight.dtype), grad_b.to(bias.dtype)
+
+
+def pgd_step(
+    x_adv: torch.Tensor,
+    grad: torch.Tensor,
+    x_orig: torch.Tensor,
+    step_size: float,
+    eps: float,
+    clip_min: float,
+    clip_max: float,
+) -> torch.Tensor:
+    """One L-inf PGD iterate (sign, step, eps-ball, box) in one pass."""
+    launch, _, _, attack_step = _kernels()
+    x_adv = x_adv.contiguous()
+    out = torch.empty_like(x_adv)
+    if x_adv.numel() == 0:
+        return out
+    block = launch.elementwise_block(x_adv.numel())
+    grid = (math.ceil(x_adv.numel() / block),)
+    attack_step.pgd_step_kernel[grid](
+        x_adv, grad.contiguous(), x_orig.contiguous(), out, x_adv.numel(),
+        float(step_size), float(eps), float(clip_min), float(clip_max),
+        COMPUTE_DTYPE=launch.compute_dtype(x_adv.dtype), BLOCK=block,
+        num_warps=launch.num_warps(),
+    )  # fmt: skip
+    return out
+
+
+def random_start(
+    x: torch.Tensor,
+    eps: float,
+    seed: int,
+    offset: int,
+    clip_min: float,
+    clip_max: float,
+    project: bool,
+) -> torch.Tensor:
+    """x + eps * (2u - 1), optionally clipped to the box, in one pass."""
+    launch, _, _, attack_step = _kernels()
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    if x.numel() == 0:
+        return out
+    block = launch.elementwise_block(x.numel())
+    seed_lo, seed_hi = launch.split_seed(seed)
+    grid = (math.ceil(x.numel() / block),)
+    attack_step.random_start_kernel[grid](
+        x, out, x.numel(), float(eps), float(clip_min), float(clip_max),
+        seed_lo, seed_hi, offset, PROJECT=bool(project),
+        COMPUTE_DTYPE=launch.compute_dtype(x.dtype), BLOCK=block, num_warps=launch.num_warps(),
+    )  # fmt: skip
+    return out

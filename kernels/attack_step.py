@@ -1,0 +1,63 @@
+"""Fused L-inf attack steps: the PGD iterate and the uniform random start, one pass each."""
+
+import triton
+import triton.language as tl
+
+from fastnoise.kernels.philox import uniform_tile
+
+
+@triton.jit
+def pgd_step_kernel(
+    x_adv_ptr,
+    grad_ptr,
+    x_orig_ptr,
+    out_ptr,
+    numel,
+    step_size,
+    eps,
+    clip_min,
+    clip_max,
+    COMPUTE_DTYPE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # x' = clip_box(clip_{x0 +- eps}(x + step * sign(grad))): sign, step, both projections.
+    pid = tl.program_id(0).to(tl.int64)
+    index = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = index < numel
+    x = tl.load(x_adv_ptr + index, mask=mask).to(COMPUTE_DTYPE)
+    grad = tl.load(grad_ptr + index, mask=mask).to(COMPUTE_DTYPE)
+    orig = tl.load(x_orig_ptr + index, mask=mask).to(COMPUTE_DTYPE)
+    sign = tl.where(grad > 0, 1.0, tl.where(grad < 0, -1.0, 0.0)).to(COMPUTE_DTYPE)
+    x = x + step_size * sign
+    x = tl.minimum(tl.maximum(x, orig - eps), orig + eps)
+    x = tl.minimum(tl.maximum(x, clip_min), clip_max)
+    tl.store(out_ptr + index, x.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset"])
+def random_start_kernel(
+    x_ptr,
+    out_ptr,
+    numel,
+    eps,
+    clip_min,
+    clip_max,
+    seed_lo,
+    seed_hi,
+    offset,
+    PROJECT: tl.constexpr,
+    COMPUTE_DTYPE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # x + eps * (2u - 1), u ~ U[0, 1] from the spec (PGD's start, RFGSM, NFGSM).
+    pid = tl.program_id(0).to(tl.int64)
+    counters = pid * (BLOCK // 4) + tl.arange(0, BLOCK // 4)
+    lanes = tl.arange(0, 4)
+    index = counters[:, None] * 4 + lanes[None, :]
+    mask = index < numel
+    u = uniform_tile(seed_lo, seed_hi, offset + counters, lanes)
+    x = tl.load(x_ptr + index, mask=mask).to(COMPUTE_DTYPE)
+    x = x + eps * (2.0 * u - 1.0).to(COMPUTE_DTYPE)
+    if PROJECT:
+        x = tl.minimum(tl.maximum(x, clip_min), clip_max)
+    tl.store(out_ptr + index, x.to(out_ptr.dtype.element_ty), mask=mask)

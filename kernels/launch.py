@@ -1,0 +1,69 @@
+"""Host-side launch choices shared by every fastnoise Triton kernel: one place for
+block sizes, grids and the interpreter switch."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# Elementwise kernels: 1024 elements (256 Philox counters) per program, 4 warps.
+GPU_BLOCK = 1024
+GPU_NUM_WARPS = 4
+# Reductions over the batch: 1024 features per program, about 4 programs per SM.
+GPU_BLOCK_F = 1024
+PROGRAMS_PER_SM = 4
+# The interpreter runs each program as numpy code: few, large programs are fastest.
+INTERPRETER_MAX_BLOCK = 1 << 16
+
+_COMPUTE_DTYPES = {torch.float64: tl.float64}
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def compute_dtype(dtype: torch.dtype) -> tl.dtype:
+    """float32 math for every activation dtype, float64 for float64 (so gradcheck works)."""
+    return _COMPUTE_DTYPES.get(dtype, tl.float32)
+
+
+def elementwise_block(numel: int) -> int:
+    if interpreting():
+        return max(16, min(INTERPRETER_MAX_BLOCK, triton.next_power_of_2(numel)))
+    return GPU_BLOCK
+
+
+def num_warps() -> int:
+    return GPU_NUM_WARPS
+
+
+@functools.lru_cache(maxsize=8)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def reduction_grid(rows: int, features: int, device: torch.device) -> tuple[int, int, int]:
+    """(BLOCK_F, row chunks, rows per chunk) for the batch reductions of the backward.
+
+    Enough programs to fill the GPU, but each one loops over several rows so the partial
+    buffer (row chunks x features, fp32) stays much smaller than the activation.
+    """
+    if interpreting() or device.type != "cuda":
+        block_f = max(16, min(INTERPRETER_MAX_BLOCK, triton.next_power_of_2(features)))
+        return block_f, 1, rows
+    block_f = GPU_BLOCK_F
+    feature_blocks = triton.cdiv(features, block_f)
+    target = PROGRAMS_PER_SM * _sm_count(device.index or 0)
+    chunks = max(1, min(rows, triton.cdiv(target, feature_blocks), triton.cdiv(rows, 4)))
+    rows_per_chunk = triton.cdiv(rows, chunks)
+    return block_f, triton.cdiv(rows, rows_per_chunk), rows_per_chunk
+
+
+def split_seed(seed: int) -> tuple[int, int]:
+    """The Philox key words (k0, k1) of a 64-bit seed."""
+    return seed & 0xFFFFFFFF, seed >> 32

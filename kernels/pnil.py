@@ -1,0 +1,94 @@
+"""Fused PNIL (pixelwise noise injection layer), Eq. (2)-(3):
+
+    Sigma = x * W + B,    y = x + z * exp(Sigma / 2),    z ~ N(0, 1).
+
+Forward reads x once and writes y once. Backward regenerates z and produces grad_x
+plus per-program partial sums for grad_W and grad_B in the same pass.
+"""
+
+import triton
+import triton.language as tl
+
+from fastnoise.kernels.philox import normal_at, normal_tile
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset"])
+def pnil_forward_kernel(
+    x_ptr,
+    weight_ptr,
+    bias_ptr,
+    y_ptr,
+    numel,
+    features,
+    seed_lo,
+    seed_hi,
+    offset,
+    COMPUTE_DTYPE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    counters = pid * (BLOCK // 4) + tl.arange(0, BLOCK // 4)
+    lanes = tl.arange(0, 4)
+    index = counters[:, None] * 4 + lanes[None, :]
+    mask = index < numel
+    z = normal_tile(seed_lo, seed_hi, offset + counters, lanes).to(COMPUTE_DTYPE)
+    feature = index % features
+    x = tl.load(x_ptr + index, mask=mask).to(COMPUTE_DTYPE)
+    weight = tl.load(weight_ptr + feature, mask=mask)
+    bias = tl.load(bias_ptr + feature, mask=mask)
+    y = x + z * tl.exp((x * weight + bias) * 0.5)  # Eq. (2)-(3)
+    tl.store(y_ptr + index, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset", "rows_per_program"])
+def pnil_backward_kernel(
+    grad_y_ptr,
+    x_ptr,
+    weight_ptr,
+    bias_ptr,
+    grad_x_ptr,
+    partial_w_ptr,
+    partial_b_ptr,
+    rows,
+    features,
+    rows_per_program,
+    seed_lo,
+    seed_hi,
+    offset,
+    ROWS_ALIGNED: tl.constexpr,
+    COMPUTE_DTYPE: tl.constexpr,
+    BLOCK_F: tl.constexpr,
+):
+    # Same (feature blocks, row chunks) grid as noise_backward_sigma_kernel.
+    pid_f = tl.program_id(0).to(tl.int64)
+    pid_n = tl.program_id(1).to(tl.int64)
+    lanes = tl.arange(0, 4)
+    feature_counters = pid_f * (BLOCK_F // 4) + tl.arange(0, BLOCK_F // 4)
+    feature = feature_counters[:, None] * 4 + lanes[None, :]
+    feature_mask = feature < features
+    weight = tl.load(weight_ptr + feature, mask=feature_mask, other=0.0)
+    bias = tl.load(bias_ptr + feature, mask=feature_mask, other=0.0)
+    acc_w = tl.zeros((BLOCK_F // 4, 4), dtype=COMPUTE_DTYPE)
+    acc_b = tl.zeros((BLOCK_F // 4, 4), dtype=COMPUTE_DTYPE)
+    first_row = pid_n * rows_per_program
+    for r in range(0, rows_per_program):
+        row = first_row + r
+        index = row * features + feature
+        mask = feature_mask & (row < rows)
+        if ROWS_ALIGNED:
+            z = normal_tile(
+                seed_lo, seed_hi, offset + row * (features // 4) + feature_counters, lanes
+            )
+        else:
+            z = normal_at(seed_lo, seed_hi, offset, index)
+        g = tl.load(grad_y_ptr + index, mask=mask, other=0.0).to(COMPUTE_DTYPE)
+        x = tl.load(x_ptr + index, mask=mask, other=0.0).to(COMPUTE_DTYPE)
+        # dy/dSigma = z * exp(Sigma / 2) / 2; dSigma/dx = W, dSigma/dW = x, dSigma/dB = 1.
+        g_sigma = g * (0.5 * z.to(COMPUTE_DTYPE) * tl.exp((x * weight + bias) * 0.5))
+        tl.store(
+            grad_x_ptr + index, (g + g_sigma * weight).to(grad_x_ptr.dtype.element_ty), mask=mask
+        )
+        acc_w += g_sigma * x
+        acc_b += g_sigma
+    tl.store(partial_w_ptr + pid_n * features + feature, acc_w, mask=feature_mask)
+    tl.store(partial_b_ptr + pid_n * features + feature, acc_b, mask=feature_mask)
