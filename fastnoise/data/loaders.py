@@ -65,7 +65,7 @@ def make_loader(
         )
     common = dict(
         num_workers=num_workers,
-        pin_memory=pin_memory and on_cpu,
+        pin_memory=pin_memory and on_cpu and torch.cuda.is_available(),  # no-op elsewhere
         persistent_workers=num_workers > 0,
         generator=generator,
     )
