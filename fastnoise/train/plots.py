@@ -1,0 +1,93 @@
+"""Training plots: theta evolution (Learn2Perturb Fig. 4) and PNIL variance maps
+(PNIL paper Figs. 1 and 3)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["plot_theta_evolution", "plot_pnil_variance"]
+
+
+def _pyplot():
+    import matplotlib
+
+    if os.environ.get("MPLBACKEND") is None:
+        matplotlib.use("Agg")  # files only; works without a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_theta_evolution(metrics: list[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Mean theta per perturbation-injection layer against the epoch: with the harmonic
+    regularizer it should grow once noise starts and then settle (Learn2Perturb Fig. 4)."""
+    plt = _pyplot()
+    layers = sorted({name for m in metrics for name in (m.get("theta_mean") or {})})
+    if not layers:
+        raise ValueError("metrics have no theta_mean entries: the model has no noise layers")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    cmap = plt.get_cmap("viridis")
+    for i, layer in enumerate(layers):
+        points = [(m["epoch"], m["theta_mean"][layer]) for m in metrics if layer in m["theta_mean"]]
+        xs, ys = zip(*points, strict=True)
+        ax.plot(xs, ys, color=cmap(i / max(len(layers) - 1, 1)), label=layer, marker=".")
+    off = [m["epoch"] for m in metrics if m.get("noise_on") is False]
+    if off:
+        ax.axvspan(min(off) - 0.5, max(off) + 0.5, color="0.9", label="noise off")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean theta (noise std)")
+    ax.set_title("Learned noise per layer")
+    if len(layers) <= 12:
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+@torch.no_grad()
+def plot_pnil_variance(layer: nn.Module, images: torch.Tensor, path: str | os.PathLike) -> Path:
+    """For a few inputs: the image, the learned bias B and weight W, the variance
+    exp(Sigma) with Sigma = X*W + B (Eq. 2), and one noisy output (Eq. 3)."""
+    plt = _pyplot()
+    images = images.float().cpu()
+    weight = layer.weight.detach().float().cpu()
+    bias = layer.bias.detach().float().cpu()
+    variance = torch.exp(images * weight + bias)  # Eq. (2), exp(Sigma)
+    noisy = images + torch.randn_like(images) * variance.sqrt()  # Eq. (3), display only
+    columns = [
+        ("input", images, "gray"),
+        ("bias B", bias.expand_as(images), "coolwarm"),
+        ("weight W", weight.expand_as(images), "coolwarm"),
+        ("variance exp(Sigma)", variance, "magma"),
+        ("output", noisy.clamp(0, 1), "gray"),
+    ]
+    n = images.shape[0]
+    fig, axes = plt.subplots(n, len(columns), figsize=(2.2 * len(columns), 2.2 * n), squeeze=False)
+    for row in range(n):
+        for col, (title, data, cmap) in enumerate(columns):
+            ax = axes[row][col]
+            img = data[row]
+            img = img.mean(0) if title != "input" and title != "output" else img
+            if img.dim() == 3:
+                img = img.permute(1, 2, 0).squeeze(-1)
+            shown = ax.imshow(img.numpy(), cmap=cmap)
+            if title not in ("input", "output"):
+                fig.colorbar(shown, ax=ax, fraction=0.046)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
