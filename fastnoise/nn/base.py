@@ -1,0 +1,21 @@
+"""The common base of fastnoise's stochastic layers."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+class NoiseLayer(nn.Module):
+    """A layer that samples fresh noise at every forward, in training AND in eval mode.
+
+    Randomness at inference is the defense (Learn2Perturb Sec. 3, PNIL Sec. 6), so
+    ``model.eval()`` does not switch it off. ``enabled = False`` does: the layer becomes
+    the identity (used for the noise-free warm-up epochs).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enabled = True
+
+    def _enabled_repr(self) -> str:
+        return "" if self.enabled else ", enabled=False"
