@@ -81,7 +81,8 @@ def check_non_negative_number(name: str, value: object) -> float:
         value = float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if math.isnan(value) or value < 0:
+    # value != value is the NaN test that also traces when torch.compile makes value symbolic
+    if value != value or value < 0:
         raise ValueError(f"{name} must be a non-negative number, got {value}")
     return float(value)
 

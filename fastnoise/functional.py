@@ -12,49 +12,25 @@ from collections.abc import Sequence
 
 import torch
 
+from fastnoise import _ops, rng
 from fastnoise import _validation as v
-from fastnoise import rng
-from fastnoise._backends import reference as _ref
 
 __all__ = ["inject_noise", "pnil", "pgd_step", "random_start"]
 
 
-def _backend_for(x: torch.Tensor):
-    return _ref
-
-
-class _InjectNoise(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, sigma, seed, offset):
-        ctx.seed, ctx.offset = seed, offset
-        ctx.save_for_backward(sigma)  # parameter-sized, not activation-sized
-        return _backend_for(x).noise_forward(x, sigma, seed, offset)
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        (sigma,) = ctx.saved_tensors
-        grad_sigma = None
-        if ctx.needs_input_grad[1]:
-            grad_sigma = _backend_for(grad_y).noise_backward_sigma(
-                grad_y.contiguous(), sigma, ctx.seed, ctx.offset
+def _check_seed_offset(seed: int | torch.Tensor | None, offset: int) -> None:
+    """Python ints are checked here; inside torch.compile they may be symbolic, and a
+    seed may be an int64 tensor (so a compiled graph takes new seeds without recompiling)."""
+    if torch.compiler.is_compiling():
+        return
+    if isinstance(seed, torch.Tensor):
+        if seed.numel() != 1 or seed.dtype != torch.int64 or seed.device.type != "cpu":
+            raise ValueError(
+                "seed tensor must be one int64 on the CPU, got "
+                f"{seed.dtype} of shape {tuple(seed.shape)} on {seed.device}"
             )
-        return grad_y, grad_sigma, None, None
-
-
-class _PNIL(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, seed, offset):
-        ctx.seed, ctx.offset = seed, offset
-        ctx.save_for_backward(x, weight, bias)
-        return _backend_for(x).pnil_forward(x, weight, bias, seed, offset)
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        x, weight, bias = ctx.saved_tensors
-        gx, gw, gb = _backend_for(x).pnil_backward(
-            grad_y.contiguous(), x, weight, bias, ctx.seed, ctx.offset
-        )
-        return gx, gw, gb, None, None
+        seed = int(seed)  # a CPU read: no device sync
+    rng._check_seed_offset(0 if seed is None else seed, offset)
 
 
 def _as_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
@@ -71,7 +47,7 @@ def _as_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
 def inject_noise(
     x: torch.Tensor,
     sigma: torch.Tensor | float,
-    seed: int | None = None,
+    seed: int | torch.Tensor | None = None,
     offset: int = 0,
 ) -> torch.Tensor:
     """``x + sigma * z`` with one independent z ~ N(0, 1) per element of ``x``.
@@ -83,16 +59,15 @@ def inject_noise(
     v.check_tensor("x", x)
     v.check_batched("x", x)
     sigma = _as_sigma(sigma, x)
-    seed = rng.draw_seed(seed)
-    rng._check_seed_offset(seed, offset)
-    return _InjectNoise.apply(x, sigma, seed, offset)
+    _check_seed_offset(seed, offset)
+    return _ops.noise_injection(x, sigma, _ops.make_rng_state(seed, offset))
 
 
 def pnil(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor,
-    seed: int | None = None,
+    seed: int | torch.Tensor | None = None,
     offset: int = 0,
 ) -> torch.Tensor:
     """Pixelwise noise injection, PNIL Eq. (2)-(3): ``x + z * exp((x * weight + bias) / 2)``.
@@ -105,9 +80,8 @@ def pnil(
         v.check_tensor(name, param)
         v.check_same_device(name, param, "x", x)
         v.check_per_feature(name, param, "x", x)
-    seed = rng.draw_seed(seed)
-    rng._check_seed_offset(seed, offset)
-    return _PNIL.apply(x, weight, bias, seed, offset)
+    _check_seed_offset(seed, offset)
+    return _ops.pnil(x, weight, bias, _ops.make_rng_state(seed, offset))
 
 
 def pgd_step(
@@ -130,13 +104,13 @@ def pgd_step(
     eps = v.check_non_negative_number("eps", eps)
     lo, hi = v.check_clip("clip", clip)
     with torch.no_grad():
-        return _backend_for(x_adv).pgd_step(x_adv, grad, x_orig, step_size, eps, lo, hi)
+        return _ops.pgd_step(x_adv, grad, x_orig, _ops.make_bounds(step_size, eps, lo, hi))
 
 
 def random_start(
     x: torch.Tensor,
     eps: float,
-    seed: int | None = None,
+    seed: int | torch.Tensor | None = None,
     project: bool = True,
     clip: Sequence[float] | None = (0.0, 1.0),
     offset: int = 0,
@@ -146,7 +120,7 @@ def random_start(
     v.check_tensor("x", x)
     eps = v.check_non_negative_number("eps", eps)
     lo, hi = v.check_clip("clip", clip)
-    seed = rng.draw_seed(seed)
-    rng._check_seed_offset(seed, offset)
+    _check_seed_offset(seed, offset)
+    bounds = _ops.make_bounds(0.0, eps, lo, hi)
     with torch.no_grad():
-        return _backend_for(x).random_start(x, eps, seed, offset, lo, hi, project)
+        return _ops.random_start(x, _ops.make_rng_state(seed, offset), bounds, bool(project))

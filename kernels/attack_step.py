@@ -2,7 +2,6 @@
 
 import triton
 import triton.language as tl
-
 from fastnoise.kernels.philox import uniform_tile
 
 

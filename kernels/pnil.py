@@ -8,7 +8,6 @@ plus per-program partial sums for grad_W and grad_B in the same pass.
 
 import triton
 import triton.language as tl
-
 from fastnoise.kernels.philox import normal_at, normal_tile
 
 

@@ -1,0 +1,180 @@
+"""fastnoise's primitives as ``torch.library`` custom ops.
+
+Each op picks its backend at run time (:mod:`fastnoise._dispatch`), so one graph runs
+on whatever backend is in force. Random state and scalars travel as small CPU tensors,
+not Python numbers: ``rng_state = [seed, offset]`` (int64) and ``bounds = [step_size,
+eps, clip_min, clip_max]`` (float64). A compiled graph therefore treats them as inputs,
+not constants, and new seeds or eps values do not force a recompile.
+
+Autograd saves only ``rng_state`` and parameter-sized tensors for noise injection (the
+noise is regenerated in the backward pass), and ``x`` plus the parameters for PNIL.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fastnoise import rng
+from fastnoise._dispatch import backend_for
+
+__all__ = [
+    "make_rng_state",
+    "make_bounds",
+    "noise_injection",
+    "noise_injection_backward",
+    "pnil",
+    "pnil_backward",
+    "pgd_step",
+    "random_start",
+]
+
+_SEED_HIGH = 2**63 - 1  # seeds are non-negative int64, as rng.draw_seed draws them
+
+
+def make_rng_state(seed: int | Tensor | None, offset: int) -> Tensor:
+    """``[seed, offset]`` as a CPU int64 tensor; a fresh seed from torch's default
+    generator when ``seed`` is None (traced as a graph op inside torch.compile)."""
+    if seed is None:
+        if torch.compiler.is_compiling():
+            seed = torch.randint(0, _SEED_HIGH, (1,), dtype=torch.int64)
+        else:
+            seed = rng.draw_seed()
+    if isinstance(seed, Tensor):
+        return torch.cat([seed.reshape(1).to(torch.int64), torch.tensor([offset])])
+    return torch.tensor([seed, offset], dtype=torch.int64)
+
+
+def make_bounds(step_size: float, eps: float, clip_min: float, clip_max: float) -> Tensor:
+    return torch.tensor([step_size, eps, clip_min, clip_max], dtype=torch.float64)
+
+
+def _seed_offset(rng_state: Tensor) -> tuple[int, int]:
+    seed, offset = rng_state.tolist()
+    return seed, offset
+
+
+def _fresh(out: Tensor, *inputs: Tensor) -> Tensor:
+    """Ops return new, contiguous tensors (what the fake kernels promise)."""
+    out = out.contiguous()
+    if any(out.data_ptr() == t.data_ptr() for t in inputs if t.numel()):
+        out = out.clone()
+    return out
+
+
+# ---- noise injection: Learn2Perturb Eq. (4)-(5), y = x + sigma * z -------------------
+
+
+@torch.library.custom_op("fastnoise::noise_injection", mutates_args=())
+def noise_injection(x: Tensor, sigma: Tensor, rng_state: Tensor) -> Tensor:
+    seed, offset = _seed_offset(rng_state)
+    return _fresh(backend_for(x.device).noise_forward(x, sigma, seed, offset), x)
+
+
+@noise_injection.register_fake
+def _(x: Tensor, sigma: Tensor, rng_state: Tensor) -> Tensor:
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+@torch.library.custom_op("fastnoise::noise_injection_backward", mutates_args=())
+def noise_injection_backward(grad_y: Tensor, sigma: Tensor, rng_state: Tensor) -> Tensor:
+    seed, offset = _seed_offset(rng_state)
+    grad_sigma = backend_for(grad_y.device).noise_backward_sigma(grad_y, sigma, seed, offset)
+    return _fresh(grad_sigma, sigma)
+
+
+@noise_injection_backward.register_fake
+def _(grad_y: Tensor, sigma: Tensor, rng_state: Tensor) -> Tensor:
+    return torch.empty(sigma.shape, dtype=sigma.dtype, device=sigma.device)
+
+
+def _noise_setup_context(ctx, inputs, output) -> None:
+    _, sigma, rng_state = inputs
+    ctx.save_for_backward(sigma, rng_state)  # parameter-sized and 2 ints: no activation
+
+
+def _noise_backward(ctx, grad_y: Tensor):
+    sigma, rng_state = ctx.saved_tensors
+    grad_sigma = None
+    if ctx.needs_input_grad[1]:
+        grad_sigma = noise_injection_backward(grad_y, sigma, rng_state)
+    return grad_y, grad_sigma, None  # dy/dx = 1
+
+
+noise_injection.register_autograd(_noise_backward, setup_context=_noise_setup_context)
+
+
+# ---- PNIL: Eq. (2)-(3), y = x + z * exp((x * W + B) / 2) ------------------------------
+
+
+@torch.library.custom_op("fastnoise::pnil", mutates_args=())
+def pnil(x: Tensor, weight: Tensor, bias: Tensor, rng_state: Tensor) -> Tensor:
+    seed, offset = _seed_offset(rng_state)
+    return _fresh(backend_for(x.device).pnil_forward(x, weight, bias, seed, offset), x)
+
+
+@pnil.register_fake
+def _(x: Tensor, weight: Tensor, bias: Tensor, rng_state: Tensor) -> Tensor:
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+@torch.library.custom_op("fastnoise::pnil_backward", mutates_args=())
+def pnil_backward(
+    grad_y: Tensor, x: Tensor, weight: Tensor, bias: Tensor, rng_state: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    seed, offset = _seed_offset(rng_state)
+    gx, gw, gb = backend_for(x.device).pnil_backward(grad_y, x, weight, bias, seed, offset)
+    return _fresh(gx, grad_y, x), _fresh(gw, weight, bias), _fresh(gb, weight, bias)
+
+
+@pnil_backward.register_fake
+def _(grad_y: Tensor, x: Tensor, weight: Tensor, bias: Tensor, rng_state: Tensor):
+    return (
+        torch.empty(x.shape, dtype=x.dtype, device=x.device),
+        torch.empty(weight.shape, dtype=weight.dtype, device=weight.device),
+        torch.empty(bias.shape, dtype=bias.dtype, device=bias.device),
+    )
+
+
+def _pnil_setup_context(ctx, inputs, output) -> None:
+    x, weight, bias, rng_state = inputs
+    ctx.save_for_backward(x, weight, bias, rng_state)  # x, not z: z is regenerated
+
+
+def _pnil_backward(ctx, grad_y: Tensor):
+    x, weight, bias, rng_state = ctx.saved_tensors
+    gx, gw, gb = pnil_backward(grad_y, x, weight, bias, rng_state)
+    return gx, gw, gb, None
+
+
+pnil.register_autograd(_pnil_backward, setup_context=_pnil_setup_context)
+
+
+# ---- attack steps (no autograd: they run under no_grad) -------------------------------
+
+
+@torch.library.custom_op("fastnoise::pgd_step", mutates_args=())
+def pgd_step(x_adv: Tensor, grad: Tensor, x_orig: Tensor, bounds: Tensor) -> Tensor:
+    step_size, eps, clip_min, clip_max = bounds.tolist()
+    out = backend_for(x_adv.device).pgd_step(
+        x_adv, grad, x_orig, step_size, eps, clip_min, clip_max
+    )
+    return _fresh(out, x_adv, grad, x_orig)
+
+
+@pgd_step.register_fake
+def _(x_adv: Tensor, grad: Tensor, x_orig: Tensor, bounds: Tensor) -> Tensor:
+    return torch.empty(x_adv.shape, dtype=x_adv.dtype, device=x_adv.device)
+
+
+@torch.library.custom_op("fastnoise::random_start", mutates_args=())
+def random_start(x: Tensor, rng_state: Tensor, bounds: Tensor, project: bool) -> Tensor:
+    seed, offset = _seed_offset(rng_state)
+    _, eps, clip_min, clip_max = bounds.tolist()
+    out = backend_for(x.device).random_start(x, eps, seed, offset, clip_min, clip_max, project)
+    return _fresh(out, x)
+
+
+@random_start.register_fake
+def _(x: Tensor, rng_state: Tensor, bounds: Tensor, project: bool) -> Tensor:
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
