@@ -1,0 +1,57 @@
+// Host-side helpers shared by the CPU and CUDA implementations: argument checks, the
+// compute ("opmath") dtype, per-feature parameter layout and the final parameter-gradient
+// reduction. Device code never includes this file's ATen calls.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ExpandUtils.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+
+#include <cstdint>
+
+namespace fastnoise {
+
+// Compute dtype: float32 for float16/bfloat16/float32 activations, float64 for float64
+// (so gradcheck is exact); noise itself is always the float32 spec.
+inline at::ScalarType opmath_type(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline void check_floating(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), name, " must be a floating tensor, got ",
+              t.scalar_type());
+}
+
+inline void check_seed_offset(int64_t seed, int64_t offset) {
+  TORCH_CHECK(seed >= 0, "seed must be in [0, 2**63), got ", seed);
+  TORCH_CHECK(offset >= 0, "offset must be >= 0, got ", offset);
+}
+
+// Elements per sample: parameters are laid out as one contiguous sample, x[0].
+inline int64_t feature_numel(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() >= 1, "x must have a batch dimension (at least 1-D)");
+  return x.size(0) == 0 ? 0 : x.numel() / x.size(0);
+}
+
+// A per-feature parameter broadcast to one sample of x, contiguous, in the compute dtype:
+// element i of x then reads entry i % feature_numel(x).
+inline at::Tensor per_sample(const at::Tensor& param, const at::Tensor& x, const char* name) {
+  check_floating(param, name);
+  TORCH_CHECK(param.device() == x.device(), name, " is on ", param.device(), " but x is on ",
+              x.device());
+  const auto sample = x.sizes().slice(1);
+  TORCH_CHECK(param.dim() <= static_cast<int64_t>(sample.size()), name, " of shape ",
+              param.sizes(), " has more dims than one sample of x ", sample);
+  return param.to(opmath_type(x)).expand(sample).contiguous();
+}
+
+// Turn per-sample sums (shape x[0], compute dtype) into the gradient of param: sum over
+// the dims param broadcasts along, and cast to param's dtype.
+inline at::Tensor reduce_to_param(const at::Tensor& per_sample_sum, const at::Tensor& x,
+                                  const at::Tensor& param) {
+  const at::Tensor sums = per_sample_sum.view(x.sizes().slice(1));
+  return at::sum_to(sums, param.sizes()).to(param.scalar_type()).contiguous();
+}
+
+}  // namespace fastnoise

@@ -1,0 +1,120 @@
+// PNIL (pixelwise noise injection) on the CPU, fused. Forward Eq. (2)-(3):
+// y = x + z * exp((x * w + b) / 2). Backward with z regenerated: with
+// h = z * exp((x * w + b) / 2) / 2 (= dy / dSigma) and gs = grad_y * h,
+// grad_x = grad_y + gs * w, grad_w = sum gs * x, grad_b = sum gs.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <tuple>
+
+#include "../common.h"
+#include "../philox.h"
+#include "tile_loops.h"
+
+namespace fastnoise {
+namespace cpu {
+namespace {
+
+// exp in the compute dtype: the vectorizable polynomial for float, libm for double.
+inline float exp_opmath(float v) { return exp_approx(v); }
+inline double exp_opmath(double v) { return std::exp(v); }
+
+at::Tensor pnil_forward(const at::Tensor& x_in, const at::Tensor& weight_in,
+                        const at::Tensor& bias_in, int64_t seed, int64_t offset) {
+  check_floating(x_in, "x");
+  check_seed_offset(seed, offset);
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor weight = per_sample(weight_in, x, "weight");
+  const at::Tensor bias = per_sample(bias_in, x, "bias");
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  const int64_t numel = x.numel(), features = feature_numel(x);
+  if (numel == 0) return y;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pnil_forward", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const opmath_t* wp = weight.const_data_ptr<opmath_t>();
+    const opmath_t* bp = bias.const_data_ptr<opmath_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    parallel_tiles(numel, [&](int64_t first, int64_t count) {
+      float z[kTileSize];
+      normal_tile(seed, offset + first / 4, z);
+      for_feature_runs(first, count, features, [&](int64_t j, int64_t run, int64_t f) {
+        for (int64_t k = 0; k < run; ++k) {
+          const opmath_t xv = static_cast<opmath_t>(xp[first + j + k]);
+          const opmath_t scale = exp_opmath((xv * wp[f + k] + bp[f + k]) * opmath_t(0.5));
+          yp[first + j + k] = static_cast<scalar_t>(xv + static_cast<opmath_t>(z[j + k]) * scale);
+        }
+      });
+    });
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pnil_backward(
+    const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& weight_in,
+    const at::Tensor& bias_in, int64_t seed, int64_t offset) {
+  check_floating(grad_in, "grad_y");
+  check_floating(x_in, "x");
+  check_seed_offset(seed, offset);
+  TORCH_CHECK(grad_in.sizes() == x_in.sizes(), "grad_y must have the shape of x ", x_in.sizes(),
+              ", got ", grad_in.sizes());
+  const at::Tensor grad = grad_in.contiguous().to(x_in.scalar_type());
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor weight = per_sample(weight_in, x, "weight");
+  const at::Tensor bias = per_sample(bias_in, x, "bias");
+  at::Tensor grad_x = at::empty(x.sizes(), x.options());
+  const int64_t numel = x.numel(), features = feature_numel(x);
+  if (numel == 0) {
+    return {grad_x, at::zeros(weight_in.sizes(), weight_in.options()),
+            at::zeros(bias_in.sizes(), bias_in.options())};
+  }
+  const int64_t chunks = chunk_count(numel);
+  // Row 2c holds chunk c's grad_w sums, row 2c + 1 its grad_b sums.
+  at::Tensor partial = at::zeros({chunks, 2, features}, x.options().dtype(opmath_type(x)));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pnil_backward", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const opmath_t* wp = weight.const_data_ptr<opmath_t>();
+    const opmath_t* bp = bias.const_data_ptr<opmath_t>();
+    scalar_t* gxp = grad_x.mutable_data_ptr<scalar_t>();
+    opmath_t* pp = partial.mutable_data_ptr<opmath_t>();
+    parallel_chunks(numel, chunks, [&](int64_t chunk, int64_t tile_begin, int64_t tile_end) {
+      opmath_t* acc_w = pp + 2 * chunk * features;
+      opmath_t* acc_b = acc_w + features;
+      float z[kTileSize];
+      for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
+        const int64_t first = tile * kTileSize, count = std::min(kTileSize, numel - first);
+        normal_tile(seed, offset + first / 4, z);
+        for_feature_runs(first, count, features, [&](int64_t j, int64_t run, int64_t f) {
+          for (int64_t k = 0; k < run; ++k) {
+            const int64_t i = first + j + k;
+            const opmath_t xv = static_cast<opmath_t>(xp[i]), g = static_cast<opmath_t>(gp[i]);
+            const opmath_t w = wp[f + k];
+            const opmath_t half_noise = opmath_t(0.5) * static_cast<opmath_t>(z[j + k]) *
+                                        exp_opmath((xv * w + bp[f + k]) * opmath_t(0.5));
+            const opmath_t g_sigma = g * half_noise;
+            gxp[i] = static_cast<scalar_t>(g + g_sigma * w);
+            acc_w[f + k] += g_sigma * xv;
+            acc_b[f + k] += g_sigma;
+          }
+        });
+      }
+    });
+  });
+  const at::Tensor sums = partial.sum(0);
+  return {grad_x, reduce_to_param(sums[0], x, weight_in), reduce_to_param(sums[1], x, bias_in)};
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace fastnoise
+
+TORCH_LIBRARY_IMPL(fastnoise_C, CPU, m) {
+  m.impl("pnil_forward", &fastnoise::cpu::pnil_forward);
+  m.impl("pnil_backward", &fastnoise::cpu::pnil_backward);
+}

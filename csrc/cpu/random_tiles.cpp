@@ -1,0 +1,110 @@
+// Spec noise tiles, compiled twice: portable (-O3, SSE2 on x86-64) and for AVX2+FMA via
+// the target attribute, chosen once by CPU feature detection. A wheel built this way
+// runs on any x86-64 and still uses 8-wide vectors where the CPU has them.
+#include "random_tiles.h"
+
+#include "../philox.h"
+
+namespace fastnoise {
+namespace cpu {
+namespace {
+
+// The lane loop is straight-line code (rounds unrolled, polynomials branch-free), so
+// the compiler vectorizes it across counters.
+FN_HD void normal_tile_body(uint64_t seed, uint64_t first_counter, float* __restrict z) {
+  float z0[kTileCounters], z1[kTileCounters], z2[kTileCounters], z3[kTileCounters];
+  for (int64_t lane = 0; lane < kTileCounters; ++lane) {
+    float v[4];
+    normal4(first_counter + static_cast<uint64_t>(lane), seed, v);
+    z0[lane] = v[0];
+    z1[lane] = v[1];
+    z2[lane] = v[2];
+    z3[lane] = v[3];
+  }
+  for (int64_t lane = 0; lane < kTileCounters; ++lane) {
+    z[4 * lane + 0] = z0[lane];
+    z[4 * lane + 1] = z1[lane];
+    z[4 * lane + 2] = z2[lane];
+    z[4 * lane + 3] = z3[lane];
+  }
+}
+
+FN_HD void uniform_tile_body(uint64_t seed, uint64_t first_counter, float* __restrict u) {
+  float u0[kTileCounters], u1[kTileCounters], u2[kTileCounters], u3[kTileCounters];
+  for (int64_t lane = 0; lane < kTileCounters; ++lane) {
+    float v[4];
+    uniform4(first_counter + static_cast<uint64_t>(lane), seed, v);
+    u0[lane] = v[0];
+    u1[lane] = v[1];
+    u2[lane] = v[2];
+    u3[lane] = v[3];
+  }
+  for (int64_t lane = 0; lane < kTileCounters; ++lane) {
+    u[4 * lane + 0] = u0[lane];
+    u[4 * lane + 1] = u1[lane];
+    u[4 * lane + 2] = u2[lane];
+    u[4 * lane + 3] = u3[lane];
+  }
+}
+
+void normal_tile_generic(uint64_t seed, uint64_t first_counter, float* z) {
+  normal_tile_body(seed, first_counter, z);
+}
+void uniform_tile_generic(uint64_t seed, uint64_t first_counter, float* u) {
+  uniform_tile_body(seed, first_counter, u);
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define FASTNOISE_HAVE_AVX2_CLONE 1
+__attribute__((target("avx2,fma"))) void normal_tile_avx2(uint64_t seed, uint64_t first_counter,
+                                                          float* z) {
+  normal_tile_body(seed, first_counter, z);
+}
+__attribute__((target("avx2,fma"))) void uniform_tile_avx2(uint64_t seed, uint64_t first_counter,
+                                                           float* u) {
+  uniform_tile_body(seed, first_counter, u);
+}
+bool cpu_has_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+#else
+bool cpu_has_avx2() { return false; }
+#endif
+
+using TileFn = void (*)(uint64_t, uint64_t, float*);
+
+struct TileFunctions {
+  TileFn normal = normal_tile_generic;
+  TileFn uniform = uniform_tile_generic;
+  const char* isa = "generic";
+  TileFunctions() {
+#if defined(FASTNOISE_HAVE_AVX2_CLONE)
+    if (cpu_has_avx2()) {
+      normal = normal_tile_avx2;
+      uniform = uniform_tile_avx2;
+      isa = "avx2";
+    }
+#endif
+  }
+};
+
+const TileFunctions& tile_functions() {
+  static const TileFunctions functions;
+  return functions;
+}
+
+}  // namespace
+
+void normal_tile(uint64_t seed, uint64_t first_counter, float* z) {
+  tile_functions().normal(seed, first_counter, z);
+}
+
+void uniform_tile(uint64_t seed, uint64_t first_counter, float* u) {
+  tile_functions().uniform(seed, first_counter, u);
+}
+
+const char* tile_isa() { return tile_functions().isa; }
+
+}  // namespace cpu
+}  // namespace fastnoise

@@ -1,0 +1,267 @@
+"""Build, cache and load the ``fastnoise_C`` C++/CUDA extension (``csrc/``).
+
+Order of preference:
+
+1. an ahead-of-time build, ``fastnoise/_C*.so`` (``FASTNOISE_BUILD_EXT=1 pip install
+   --no-build-isolation -e .``);
+2. a just-in-time build with ninja (``torch.utils.cpp_extension.load``) on first use,
+   cached in ``~/.cache/fastnoise/ext-<hash>`` (``FASTNOISE_EXT_DIR`` overrides the
+   cache root). The hash covers the sources, torch's version, the flags and the CUDA
+   arch list, so a change to any of them rebuilds.
+
+CUDA sources are compiled when torch is a CUDA build and nvcc is found (``CUDA_HOME`` or
+``/usr/local/cuda``); ``FASTNOISE_BUILD_CUDA=0/1`` forces either way. The arch list is
+``TORCH_CUDA_ARCH_LIST`` when set, else the visible GPUs' capabilities, else ``9.0``
+(H100/H200), never torch's every-arch default, which would take many minutes to build.
+
+A failed build does not raise at import: it warns once with the log path, and
+:func:`unavailable_reason` says why, so the reference backend keeps working.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "ExtensionUnavailable",
+    "load",
+    "ops",
+    "unavailable_reason",
+    "has_cuda_kernels",
+    "cpu_isa",
+    "build_dir",
+    "source_files",
+]
+
+LIBRARY = "fastnoise_C"
+DEFAULT_CUDA_ARCH = "9.0"
+CPU_CFLAGS = ["-O3", "-fno-math-errno", "-fopenmp"]
+CUDA_CFLAGS = ["-O3"]
+LDFLAGS = ["-fopenmp"]
+
+_CSRC = Path(__file__).resolve().parent.parent / "csrc"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+_state: dict[str, object] = {"loaded": False, "error": None, "origin": None}
+
+
+class ExtensionUnavailable(RuntimeError):
+    """The fastnoise_C extension could not be built or loaded here."""
+
+
+def _csrc_dir() -> Path:
+    """Sources: the repo's ``csrc/`` in a checkout, the ``fastnoise.csrc`` package data
+    in an installed wheel."""
+    if _CSRC.is_dir():
+        return _CSRC
+    import fastnoise.csrc
+
+    return Path(next(iter(fastnoise.csrc.__path__)))
+
+
+def source_files(with_cuda: bool) -> list[Path]:
+    """The translation units to compile: the schemas, the CPU kernels and, with CUDA,
+    the CUDA kernels."""
+    root = _csrc_dir()
+    sources = [root / "ops.cpp", *sorted((root / "cpu").glob("*.cpp"))]
+    if with_cuda:
+        sources += sorted((root / "cuda").glob("*.cu"))
+    return sources
+
+
+def _find_nvcc() -> str | None:
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
+    candidate = Path(home) / "bin" / "nvcc"
+    if candidate.is_file():
+        return str(candidate)
+    return shutil.which("nvcc")
+
+
+def _want_cuda() -> bool:
+    forced = os.environ.get("FASTNOISE_BUILD_CUDA")
+    if forced is not None and forced.strip() != "":
+        return forced.strip() not in ("0", "false", "False", "no")
+    return torch.version.cuda is not None and _find_nvcc() is not None
+
+
+def _cuda_arch_list() -> str:
+    arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
+    if arch:
+        return arch
+    if torch.cuda.is_available():
+        caps = {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}
+        return ";".join(f"{major}.{minor}" for major, minor in sorted(caps))
+    return DEFAULT_CUDA_ARCH
+
+
+def _build_hash(sources: list[Path], with_cuda: bool) -> str:
+    digest = hashlib.sha256()
+    digest.update(torch.__version__.encode())
+    digest.update(repr((CPU_CFLAGS, CUDA_CFLAGS, LDFLAGS, with_cuda)).encode())
+    if with_cuda:
+        digest.update(_cuda_arch_list().encode())
+    root = _csrc_dir()
+    headers = sorted(root.glob("*.h")) + sorted(root.glob("*/*.h"))
+    for path in sorted(set(sources) | set(headers)):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def build_dir(with_cuda: bool | None = None) -> Path:
+    """Where the JIT build for this source tree, torch and configuration lives."""
+    with_cuda = _want_cuda() if with_cuda is None else with_cuda
+    root = os.environ.get("FASTNOISE_EXT_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "fastnoise"
+    )
+    return Path(root) / f"ext-{_build_hash(source_files(with_cuda), with_cuda)}"
+
+
+def _aot_library() -> Path | None:
+    found = sorted(glob.glob(str(_PACKAGE_DIR / "_C*.so"))) + sorted(
+        glob.glob(str(_PACKAGE_DIR / "_C*.pyd"))
+    )
+    return Path(found[0]) if found else None
+
+
+def _jit_build() -> str:
+    from torch.utils import cpp_extension
+
+    with_cuda = _want_cuda()
+    sources = source_files(with_cuda)
+    directory = build_dir(with_cuda)
+    directory.mkdir(parents=True, exist_ok=True)
+    saved_arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if with_cuda:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = _cuda_arch_list()
+    try:
+        cpp_extension.load(
+            name=LIBRARY,
+            sources=[str(s) for s in sources],
+            extra_cflags=CPU_CFLAGS,
+            extra_cuda_cflags=CUDA_CFLAGS,
+            extra_ldflags=LDFLAGS,
+            build_directory=str(directory),
+            with_cuda=with_cuda,
+            is_python_module=False,
+            verbose=False,
+        )
+    except Exception as error:  # the compiler's output is in the exception text
+        log = directory / "build_error.log"
+        log.write_text(f"{type(error).__name__}: {error}\n")
+        raise ExtensionUnavailable(
+            f"the fastnoise C++ extension failed to build ({type(error).__name__}); "
+            f"compiler log: {log}"
+        ) from error
+    finally:
+        if with_cuda:
+            if saved_arch is None:
+                os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
+            else:
+                os.environ["TORCH_CUDA_ARCH_LIST"] = saved_arch
+    return f"jit:{directory}"
+
+
+def _register_fakes() -> None:
+    """Shape-only (meta) kernels, so the ops run under FakeTensor, torch.compile and
+    torch.library.opcheck. Outputs are contiguous, as the real kernels' are."""
+
+    def like(t: torch.Tensor) -> torch.Tensor:
+        return torch.empty_like(t, memory_format=torch.contiguous_format)
+
+    def noise_forward(x, sigma, seed, offset):
+        return like(x)
+
+    def noise_backward_sigma(grad_y, sigma, seed, offset):
+        return like(sigma)
+
+    def pnil_forward(x, weight, bias, seed, offset):
+        return like(x)
+
+    def pnil_backward(grad_y, x, weight, bias, seed, offset):
+        return like(x), like(weight), like(bias)
+
+    def pgd_step(x_adv, grad, x_orig, step_size, eps, clip_min, clip_max):
+        return like(x_adv)
+
+    def random_start(x, eps, seed, offset, clip_min, clip_max, project):
+        return like(x)
+
+    def philox_words(counters, seed):
+        return counters.new_empty((counters.numel(), 4))
+
+    for fake in (
+        noise_forward,
+        noise_backward_sigma,
+        pnil_forward,
+        pnil_backward,
+        pgd_step,
+        random_start,
+        philox_words,
+    ):
+        torch.library.register_fake(f"{LIBRARY}::{fake.__name__}", fake)
+
+
+def load() -> object:
+    """Load the extension (AOT build, else JIT-build it) once; return ``torch.ops.fastnoise_C``.
+
+    Raises :class:`ExtensionUnavailable` (with the compiler log path) when it cannot.
+    """
+    if _state["loaded"]:
+        return torch.ops.fastnoise_C
+    if _state["error"] is not None:
+        raise ExtensionUnavailable(str(_state["error"]))
+    try:
+        aot = None if os.environ.get("FASTNOISE_FORCE_JIT") == "1" else _aot_library()
+        if aot is not None:
+            torch.ops.load_library(str(aot))
+            _state["origin"] = f"aot:{aot}"
+        else:
+            _state["origin"] = _jit_build()
+        _register_fakes()
+    except Exception as error:
+        _state["error"] = str(error)
+        warnings.warn(
+            f"fastnoise: C++/CUDA backends disabled: {error}", RuntimeWarning, stacklevel=2
+        )
+        raise ExtensionUnavailable(str(error)) from error
+    _state["loaded"] = True
+    return torch.ops.fastnoise_C
+
+
+def ops() -> object:
+    """``torch.ops.fastnoise_C``, building the extension on first use."""
+    return load()
+
+
+def unavailable_reason() -> str | None:
+    """None when the extension loads here, else why not (builds it on first call)."""
+    try:
+        load()
+    except ExtensionUnavailable as error:
+        return str(error)
+    return None
+
+
+def has_cuda_kernels() -> bool:
+    """Whether the loaded extension registered CUDA kernels (compiled with nvcc)."""
+    if unavailable_reason() is not None:
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"{LIBRARY}::noise_forward", "CUDA")
+
+
+def cpu_isa() -> str:
+    """The CPU code path the tile kernels picked at load time: ``"avx2"`` or ``"generic"``."""
+    return str(ops().cpu_isa())
+
+
+def origin() -> str | None:
+    """``"aot:<path>"`` or ``"jit:<build dir>"`` once loaded, else None."""
+    return _state["origin"]  # type: ignore[return-value]
