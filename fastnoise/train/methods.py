@@ -30,7 +30,13 @@ __all__ = ["TrainingMethod", "build_method"]
 def _make_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
     if config.optimizer == "adam":
         return torch.optim.Adam(groups, lr=config.lr, betas=tuple(config.adam_betas))
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+    return torch.optim.SGD(
+        groups, lr=config.lr, momentum=config.momentum, nesterov=_nesterov(config)
+    )
+
+
+def _nesterov(config: TrainConfig) -> bool:
+    return config.nesterov and config.momentum > 0  # torch rejects Nesterov without momentum
 
 
 class TrainingMethod:
@@ -275,7 +281,7 @@ class Learn2Perturb(_MixedLoss):
             [{"params": self._noise_params(), "weight_decay": self.config.noise_weight_decay}],
             lr=lr,
             momentum=self.config.momentum,
-            nesterov=self.config.nesterov,
+            nesterov=_nesterov(self.config),
         )
         return opts
 

@@ -193,6 +193,7 @@ class Trainer:
             "best": best,
             "stopped_early": stopped,
             "config": self.config.to_dict(),
+            "rank_seed_probe": self._rank_probe,  # first noise seed of each rank
         }
 
     def _write_metrics(self, metrics: list[dict[str, Any]]) -> None:
@@ -228,6 +229,7 @@ class Trainer:
         torch.manual_seed(c.seed + _RANK_SEED_STRIDE * dist_info.rank)
         probe = torch.Generator().set_state(torch.get_rng_state())
         rank_probe = D.all_gather_objects(rng.draw_seed(generator=probe), dist_info)
+        self._rank_probe = rank_probe
 
         train_forward: nn.Module = model
         if dist_info.enabled:
