@@ -1,0 +1,173 @@
+"""Expectation over Transformation (Athalye et al., 2018) in one batched pass.
+
+A randomized model gives a different gradient every forward. EOT attacks the expected
+loss: ``grad E_noise[L(f(x; noise), y)] ~= 1/L sum_l grad L(f(x; noise_l), y)``.
+
+Instead of L forwards of the batch (a Python loop), every sample is repeated L times
+(row ``b * L + l`` is copy ``l`` of sample ``b``) and the model sees the ``B * L`` rows in
+one forward and one backward, split into chunks of at most ``chunk`` rows to bound
+memory. Copies are independent because fastnoise's noise is drawn per element with a
+fresh seed per forward, so rows of one batch get different draws (the released
+Learn2Perturb EOT reused one draw for every copy, which averages nothing).
+
+Per-row gradients are only correct when rows do not interact (no BatchNorm in train
+mode): attacks run the model in eval mode by default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+
+__all__ = [
+    "EOTResult",
+    "eot_gradient",
+    "eot_per_copy",
+    "eot_evaluate",
+    "sequential_eot_gradient",
+    "default_chunk",
+]
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+# Rows per pass default to ~2**24 input elements: 64 MB of fp32 input, activations scale with it.
+_DEFAULT_INPUT_ELEMENTS = 2**24
+
+
+class EOTResult(NamedTuple):
+    grad: torch.Tensor  # d loss / d x, mean over the copies, x's shape and dtype
+    loss: torch.Tensor  # (B,) float32 loss, mean over the copies
+    logits: torch.Tensor  # (B, K) float32 logits, mean over the copies
+
+
+def default_chunk(x: torch.Tensor) -> int:
+    """Rows per forward pass when the caller gives no ``chunk``."""
+    per_row = max(1, x[0].numel()) if x.shape[0] else 1
+    return max(1, _DEFAULT_INPUT_ELEMENTS // per_row)
+
+
+def _chunks(total: int, chunk: int | None, x: torch.Tensor):
+    step = chunk if chunk is not None else default_chunk(x)
+    for start in range(0, total, step):
+        yield start, min(start + step, total)
+
+
+def _copies_pass(
+    forward: Forward,
+    loss_fn: LossFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eot: int,
+    chunk: int | None,
+    need_grad: bool,
+    keep_copies: bool,
+) -> EOTResult:
+    """Forward (and backward) over the ``B * eot`` repeated rows, chunk by chunk."""
+    batch = x.shape[0]
+    rows = batch * eot
+    x = x.detach()
+    grad_sum = torch.zeros(x.shape, dtype=torch.float32, device=x.device) if need_grad else None
+    loss_sum = torch.zeros(batch, dtype=torch.float32, device=x.device)
+    logits_sum = None
+    copy_grads, copy_losses, copy_logits = [], [], []
+    for start, end in _chunks(rows, chunk, x):
+        # Build only this chunk's rows: row r is copy r % eot of sample r // eot.
+        sample = torch.arange(start, end, device=x.device) // eot
+        x_rows = x.index_select(0, sample).requires_grad_(need_grad)
+        with torch.set_grad_enabled(need_grad):
+            logits = forward(x_rows)
+            loss = loss_fn(logits, y.index_select(0, sample))
+        if need_grad:
+            (grad,) = torch.autograd.grad(loss.sum(), x_rows)
+            grad_sum.index_add_(0, sample, grad.float())
+        logits = logits.detach().float()
+        loss = loss.detach().float()
+        if logits_sum is None:
+            logits_sum = torch.zeros(batch, logits.shape[1], device=x.device)
+        loss_sum.index_add_(0, sample, loss)
+        logits_sum.index_add_(0, sample, logits)
+        if keep_copies:
+            copy_losses.append(loss)
+            copy_logits.append(logits)
+            if need_grad:
+                copy_grads.append(grad)
+    if keep_copies:
+        per_copy = lambda parts: torch.cat(parts).view(batch, eot, *parts[0].shape[1:])
+        grads = per_copy(copy_grads) if need_grad else None
+        return EOTResult(grads, per_copy(copy_losses), per_copy(copy_logits))
+    grad = (grad_sum / eot).to(x.dtype) if need_grad else None
+    return EOTResult(grad, loss_sum / eot, logits_sum / eot)
+
+
+def eot_gradient(
+    forward: Forward,
+    loss_fn: LossFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eot: int = 1,
+    chunk: int | None = None,
+) -> EOTResult:
+    """Mean over ``eot`` noise draws of the loss gradient, loss and logits, batched.
+
+    ``forward`` maps ``(N, *sample)`` inputs to ``(N, K)`` logits; ``loss_fn(logits, y)``
+    returns one loss per row. ``chunk`` bounds the rows per forward pass (None: about
+    2**24 input elements). No parameter gradients are accumulated.
+    """
+    if x.shape[0] == 0:
+        raise ValueError("x must hold at least one sample")
+    return _copies_pass(forward, loss_fn, x, y, eot, chunk, need_grad=True, keep_copies=False)
+
+
+def eot_per_copy(
+    forward: Forward,
+    loss_fn: LossFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eot: int,
+    chunk: int | None = None,
+) -> EOTResult:
+    """Like :func:`eot_gradient` but unreduced: grad ``(B, L, *sample)``, loss ``(B, L)``,
+    logits ``(B, L, K)``. Shows whether the copies really got independent noise."""
+    return _copies_pass(forward, loss_fn, x, y, eot, chunk, need_grad=True, keep_copies=True)
+
+
+@torch.no_grad()
+def eot_evaluate(
+    forward: Forward,
+    loss_fn: LossFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eot: int = 1,
+    chunk: int | None = None,
+) -> EOTResult:
+    """Mean loss and logits over ``eot`` draws without a backward pass (grad is None)."""
+    return _copies_pass(forward, loss_fn, x, y, eot, chunk, need_grad=False, keep_copies=False)
+
+
+def sequential_eot_gradient(
+    forward: Forward,
+    loss_fn: LossFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eot: int = 1,
+) -> EOTResult:
+    """The reference EOT: a Python loop of ``eot`` forward/backward passes of the batch.
+
+    Kept for tests and the benchmark; :func:`eot_gradient` must agree with it."""
+    x = x.detach()
+    grad_sum = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    loss_sum = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
+    logits_sum = 0.0
+    for _ in range(eot):
+        x_req = x.clone().requires_grad_(True)
+        with torch.enable_grad():
+            logits = forward(x_req)
+            loss = loss_fn(logits, y)
+        (grad,) = torch.autograd.grad(loss.sum(), x_req)
+        grad_sum += grad.float()
+        loss_sum += loss.detach().float()
+        logits_sum = logits_sum + logits.detach().float()
+    return EOTResult((grad_sum / eot).to(x.dtype), loss_sum / eot, logits_sum / eot)
