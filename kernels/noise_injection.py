@@ -59,7 +59,7 @@ def noise_backward_sigma_kernel(
     feature_counters = pid_f * (BLOCK_F // 4) + tl.arange(0, BLOCK_F // 4)
     feature = feature_counters[:, None] * 4 + lanes[None, :]
     feature_mask = feature < features
-    acc = tl.zeros((BLOCK_F // 4, 4), dtype=COMPUTE_DTYPE)
+    acc = tl.full((BLOCK_F // 4, 4), 0.0, COMPUTE_DTYPE)
     first_row = pid_n * rows_per_program
     for r in range(0, rows_per_program):
         row = first_row + r

@@ -41,7 +41,7 @@ def random_words4(seed_lo, seed_hi, counter):
     """The four uint32 lanes of int64 Philox counters ``counter`` under key (seed_lo, seed_hi)."""
     c0 = (counter & 0xFFFFFFFF).to(tl.uint32)
     c1 = (counter >> 32).to(tl.uint32)
-    zero = tl.zeros_like(c0)
+    zero = tl.full(c0.shape, 0, tl.uint32)  # builtins only: see fastnoise.kernels docs
     k0 = seed_lo.to(tl.uint32)
     k1 = seed_hi.to(tl.uint32)
     return philox4x32_10(c0, c1, zero, zero, k0, k1)
@@ -104,3 +104,15 @@ def normal_at(seed_lo, seed_hi, offset, index):
     u2 = word_to_uniform(tl.where(first_pair, w1, w3))
     cos_part, sin_part = box_muller(u1, u2)
     return tl.where(lane % 2 == 0, cos_part, sin_part)
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset"])
+def random_words_kernel(out_ptr, numel, seed_lo, seed_hi, offset, BLOCK: tl.constexpr):
+    """The raw uint32 words of elements 0 .. numel-1 (as int64): checks the spec bit for bit."""
+    pid = tl.program_id(0).to(tl.int64)
+    counters = pid * (BLOCK // 4) + tl.arange(0, BLOCK // 4)
+    lanes = tl.arange(0, 4)
+    index = counters[:, None] * 4 + lanes[None, :]
+    w0, w1, w2, w3 = random_words4(seed_lo, seed_hi, offset + counters)
+    words = _pick_lane(lanes, w0, w1, w2, w3)
+    tl.store(out_ptr + index, words.to(tl.int64), mask=index < numel)

@@ -67,8 +67,8 @@ def pnil_backward_kernel(
     feature_mask = feature < features
     weight = tl.load(weight_ptr + feature, mask=feature_mask, other=0.0)
     bias = tl.load(bias_ptr + feature, mask=feature_mask, other=0.0)
-    acc_w = tl.zeros((BLOCK_F // 4, 4), dtype=COMPUTE_DTYPE)
-    acc_b = tl.zeros((BLOCK_F // 4, 4), dtype=COMPUTE_DTYPE)
+    acc_w = tl.full((BLOCK_F // 4, 4), 0.0, COMPUTE_DTYPE)
+    acc_b = tl.full((BLOCK_F // 4, 4), 0.0, COMPUTE_DTYPE)
     first_row = pid_n * rows_per_program
     for r in range(0, rows_per_program):
         row = first_row + r

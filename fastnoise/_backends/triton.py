@@ -52,6 +52,21 @@ def _kernels():
     return launch, noise_injection, pnil, attack_step
 
 
+def random_words(numel: int, seed: int, offset: int, device: torch.device) -> torch.Tensor:
+    """The kernels' Philox words (uint32 in int64), for checking against ``rng.random_words``."""
+    from fastnoise.kernels import launch, philox
+
+    out = torch.empty(numel, dtype=torch.int64, device=device)
+    if numel == 0:
+        return out
+    block = launch.elementwise_block(numel)
+    seed_lo, seed_hi = launch.split_seed(seed)
+    philox.random_words_kernel[(math.ceil(numel / block),)](
+        out, numel, seed_lo, seed_hi, offset, BLOCK=block
+    )
+    return out
+
+
 def _per_feature(param: torch.Tensor, sample_shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
     """A per-feature parameter broadcast to one whole sample: F contiguous values (tiny)."""
     return param.to(dtype).broadcast_to(sample_shape).contiguous().view(-1)

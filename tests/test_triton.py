@@ -1,0 +1,296 @@
+"""Triton kernels against the pure-torch reference (the spec).
+
+On a machine with CUDA the kernels run on the GPU. Without one they run in Triton's
+CPU interpreter: the module fixture sets TRITON_INTERPRET=1 and re-imports the kernel
+modules (``@triton.jit`` reads the variable when it decorates), then undoes both, so
+the rest of the test session is unaffected.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from fastnoise import rng  # noqa: E402
+from fastnoise._backends import reference as ref  # noqa: E402
+from fastnoise._dispatch import use_backend  # noqa: E402
+
+KERNEL_MODULES = [
+    "fastnoise.kernels.philox",
+    "fastnoise.kernels.launch",
+    "fastnoise.kernels.noise_injection",
+    "fastnoise.kernels.pnil",
+    "fastnoise.kernels.attack_step",
+]
+
+# Both sides round once from float32 math to the output dtype; they may differ by the
+# float32 error of z (~1e-6 relative) and one ulp of the output dtype.
+TOLERANCES = {
+    torch.float32: dict(atol=2e-5, rtol=2e-5),
+    torch.float16: dict(atol=2e-3, rtol=2e-3),
+    torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
+    torch.float64: dict(atol=1e-6, rtol=1e-6),  # z itself is float32 in both
+}
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+SHAPES = [(2, 3, 5, 7), (4, 16, 8, 8), (3, 10), (1, 1), (5, 2, 3)]
+SEED_OFFSETS = [(1234, 0), (2**62 + 99, 2**32 - 3), (7, 2**40 + 1)]
+
+
+def _reload_kernels() -> None:
+    for name in KERNEL_MODULES:
+        if name in sys.modules:
+            importlib.reload(sys.modules[name])
+        else:
+            importlib.import_module(name)
+
+
+@pytest.fixture(scope="module")
+def device():
+    if torch.cuda.is_available():
+        yield "cuda"
+        return
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    _reload_kernels()
+    try:
+        yield "cpu"
+    finally:
+        if previous is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
+        _reload_kernels()
+
+
+@pytest.fixture(scope="module")
+def tb(device):
+    from fastnoise._backends import triton as triton_backend
+
+    assert triton_backend.unavailable_reason() is None
+    assert triton_backend.supports(torch.device(device))
+    return triton_backend
+
+
+def _close(actual, expected, dtype=None):
+    tol = TOLERANCES[dtype or expected.dtype]
+    torch.testing.assert_close(actual.cpu(), expected.cpu(), **tol)
+
+
+def _make(shape, dtype, device, layout="contiguous"):
+    x = torch.randn(shape, device=device).to(dtype)
+    if layout == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "transposed":
+        return x.transpose(-1, -2).contiguous().transpose(-1, -2)  # same shape, odd strides
+    return x
+
+
+# ---- the RNG spec ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed,offset", SEED_OFFSETS + [(0, 0), (2**63 - 1, 2**62)])
+@pytest.mark.parametrize("numel", [1, 7, 64, 1001])
+def test_words_are_bit_exact(tb, device, seed, offset, numel):
+    words = tb.random_words(numel, seed, offset, torch.device(device))
+    assert torch.equal(words.cpu(), rng.random_words(numel, seed, offset))
+
+
+@pytest.mark.parametrize("seed,offset", SEED_OFFSETS)
+def test_normals_match_spec(tb, device, seed, offset):
+    # z = y for x = 0, sigma = 1; odd numel checks a trailing Box-Muller pair.
+    x = torch.zeros(3, 1001, device=device)
+    z = tb.noise_forward(x, torch.ones((), device=device), seed, offset)
+    expected = rng.randn((3, 1001), seed, offset)
+    torch.testing.assert_close(z.cpu(), expected, atol=2e-6, rtol=1e-6)
+
+
+def test_counter_high_word_changes_stream(tb, device):
+    # offsets 2**32 apart differ only in c1: a layout that dropped c1 would repeat.
+    x = torch.zeros(1, 64, device=device)
+    one = torch.ones((), device=device)
+    low = tb.noise_forward(x, one, 5, 3)
+    high = tb.noise_forward(x, one, 5, 3 + 2**32)
+    assert not torch.equal(low, high)
+    torch.testing.assert_close(high.cpu(), rng.randn((1, 64), 5, 3 + 2**32), atol=2e-6, rtol=1e-6)
+
+
+def test_counter_offset_shifts_stream(tb, device):
+    # element i at offset k*... equals element i + 4k at offset 0: the index math is linear.
+    x = torch.zeros(1, 4096, device=device)
+    one = torch.ones((), device=device)
+    whole = tb.noise_forward(x, one, 9, 2**31 - 8)
+    shifted = tb.noise_forward(x[:, :1024], one, 9, 2**31 - 8 + 768)
+    torch.testing.assert_close(shifted, whole[:, 3072:], atol=0, rtol=0)
+
+
+def test_noise_statistics(tb, device):
+    z = tb.noise_forward(torch.zeros(4, 16384, device=device), torch.ones((), device=device), 3, 0)
+    z = z.double().flatten()
+    n = z.numel()
+    assert abs(z.mean().item()) < 5 / math.sqrt(n)
+    assert abs(z.std().item() - 1) < 5 / math.sqrt(2 * n)
+    assert abs((z.abs() < 1).double().mean().item() - 0.6827) < 0.01
+
+
+# ---- noise injection ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_noise_injection_forward_backward(tb, device, dtype, shape):
+    x = _make(shape, dtype, device)
+    sigma = torch.rand(shape[1:], device=device)
+    for seed, offset in SEED_OFFSETS[:2]:
+        _close(tb.noise_forward(x, sigma, seed, offset), ref.noise_forward(x, sigma, seed, offset))
+        g = _make(shape, dtype, device)
+        expected = ref.noise_backward_sigma(g, sigma, seed, offset)
+        # grad_sigma sums N float32 products: compare against the fp32 reference scale.
+        torch.testing.assert_close(
+            tb.noise_backward_sigma(g, sigma, seed, offset).cpu(),
+            expected.cpu(),
+            atol=1e-4 * shape[0],
+            rtol=1e-4,
+        )
+
+
+@pytest.mark.parametrize("sigma_shape", [(), (1,), (3, 1, 1), (1, 5, 1), (7,)])
+def test_noise_injection_broadcast_sigma(tb, device, sigma_shape):
+    x = _make((4, 3, 5, 7), torch.float32, device)
+    sigma = torch.rand(sigma_shape, device=device)
+    _close(tb.noise_forward(x, sigma, 11, 5), ref.noise_forward(x, sigma, 11, 5))
+    g = torch.randn_like(x)
+    got = tb.noise_backward_sigma(g, sigma, 11, 5)
+    assert got.shape == sigma.shape
+    torch.testing.assert_close(got, ref.noise_backward_sigma(g, sigma, 11, 5), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "transposed"])
+def test_noise_injection_strided(tb, device, layout):
+    x = _make((3, 4, 6, 5), torch.float32, device, layout)
+    sigma = torch.rand(4, 1, 1, device=device)
+    _close(tb.noise_forward(x, sigma, 2, 0), ref.noise_forward(x.contiguous(), sigma, 2, 0))
+    g = _make((3, 4, 6, 5), torch.float32, device, layout)
+    torch.testing.assert_close(
+        tb.noise_backward_sigma(g, sigma, 2, 0),
+        ref.noise_backward_sigma(g.contiguous(), sigma, 2, 0),
+        atol=1e-4,
+        rtol=1e-5,
+    )
+
+
+def test_empty_tensors(tb, device):
+    x = torch.empty(0, 3, 4, device=device)
+    sigma = torch.rand(3, 4, device=device)
+    assert tb.noise_forward(x, sigma, 1, 0).shape == x.shape
+    assert torch.equal(tb.noise_backward_sigma(x, sigma, 1, 0), torch.zeros_like(sigma))
+    gx, gw, gb = tb.pnil_backward(x, x, sigma, sigma, 1, 0)
+    assert gx.shape == x.shape and not gw.any() and not gb.any()
+    assert tb.pgd_step(x, x, x, 0.1, 0.1, 0.0, 1.0).shape == x.shape
+    assert tb.random_start(x, 0.1, 1, 0, 0.0, 1.0, True).shape == x.shape
+
+
+# ---- PNIL -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_pnil_forward_backward(tb, device, dtype, shape):
+    x = _make(shape, dtype, device)
+    weight = 0.3 * torch.randn(shape[1:], device=device)
+    bias = 0.3 * torch.randn(shape[-1:], device=device)
+    for seed, offset in SEED_OFFSETS[::2]:
+        _close(
+            tb.pnil_forward(x, weight, bias, seed, offset),
+            ref.pnil_forward(x, weight, bias, seed, offset),
+        )
+        g = _make(shape, dtype, device)
+        got = tb.pnil_backward(g, x, weight, bias, seed, offset)
+        expected = ref.pnil_backward(g, x, weight, bias, seed, offset)
+        _close(got[0], expected[0])
+        for a, b in zip(got[1:], expected[1:], strict=True):
+            assert a.shape == b.shape
+            torch.testing.assert_close(a.cpu(), b.cpu(), atol=2e-4 * shape[0], rtol=1e-4)
+
+
+def test_pnil_channels_last(tb, device):
+    x = _make((2, 3, 4, 6), torch.float16, device, "channels_last")
+    weight, bias = torch.randn(3, 1, 1, device=device), torch.randn(3, 1, 1, device=device)
+    _close(tb.pnil_forward(x, weight, bias, 4, 4), ref.pnil_forward(x, weight, bias, 4, 4))
+    g = _make((2, 3, 4, 6), torch.float16, device, "channels_last")
+    got = tb.pnil_backward(g, x, weight, bias, 4, 4)
+    expected = ref.pnil_backward(g, x, weight, bias, 4, 4)
+    _close(got[0], expected[0])
+    torch.testing.assert_close(got[1], expected[1], atol=1e-3, rtol=1e-4)
+
+
+# ---- attack steps ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("clip", [(0.0, 1.0), (-math.inf, math.inf)])
+def test_pgd_step(tb, device, dtype, clip):
+    x_orig = torch.rand(3, 3, 7, 5, device=device).to(dtype)
+    x_adv = (x_orig + 0.05 * torch.randn_like(x_orig)).to(dtype)
+    grad = torch.randn_like(x_orig)
+    grad[0, 0, 0] = 0.0  # sign(0) = 0
+    got = tb.pgd_step(x_adv, grad, x_orig, 0.02, 0.03, *clip)
+    expected = ref.pgd_step(x_adv, grad, x_orig, 0.02, 0.03, *clip)
+    assert got.dtype == dtype
+    # Exact in fp32/fp16; the interpreter rounds float32 -> bfloat16 its own way (1 ulp).
+    tol = dict(atol=8e-3, rtol=8e-3) if dtype == torch.bfloat16 else dict(atol=0, rtol=0)
+    torch.testing.assert_close(got, expected, **tol)
+    x_adv_t, grad_t = x_adv.mT.contiguous().mT, grad.mT.contiguous().mT
+    transposed = tb.pgd_step(x_adv_t, grad_t, x_orig, 0.02, 0.03, *clip)
+    torch.testing.assert_close(transposed, expected, **tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("project", [True, False])
+def test_random_start(tb, device, dtype, project):
+    x = torch.rand(5, 3, 9, device=device).to(dtype)
+    for seed, offset in SEED_OFFSETS:
+        got = tb.random_start(x, 8 / 255, seed, offset, 0.0, 1.0, project)
+        expected = ref.random_start(x, 8 / 255, seed, offset, 0.0, 1.0, project)
+        _close(got, expected, dtype)
+    delta = (got.float() - x.float()).abs().max().item()
+    assert 0.5 * 8 / 255 < delta <= 8 / 255 + 1e-2
+
+
+# ---- through the custom ops and the public API ----------------------------------------
+
+
+def test_functional_api_runs_triton(device, tb):
+    import fastnoise
+
+    x = torch.randn(4, 3, 5, 5, device=device, requires_grad=True)
+    sigma = torch.full((3, 1, 1), 0.2, device=device, requires_grad=True)
+    results = {}
+    for name in ("triton", "torch"):
+        with use_backend(name):
+            y = fastnoise.inject_noise(x, sigma, seed=77, offset=3)
+            gx, gs = torch.autograd.grad(y.square().sum(), (x, sigma))
+            results[name] = (y, gx, gs)
+    for a, b in zip(results["triton"], results["torch"], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+
+
+def test_gradcheck_float64(device, tb):
+    from fastnoise import _ops
+
+    state = _ops.make_rng_state(21, 2)
+    x = torch.randn(3, 2, 5, dtype=torch.float64, device=device, requires_grad=True)
+    sigma = torch.rand(2, 1, dtype=torch.float64, device=device, requires_grad=True)
+    weight = (0.2 * torch.randn(2, 5, dtype=torch.float64, device=device)).requires_grad_()
+    bias = (0.2 * torch.randn(5, dtype=torch.float64, device=device)).requires_grad_()
+    with use_backend("triton"):
+        assert torch.autograd.gradcheck(lambda a, s: _ops.noise_injection(a, s, state), (x, sigma))
+        assert torch.autograd.gradcheck(
+            lambda a, w, b: _ops.pnil(a, w, b, state), (x, weight, bias), atol=1e-5
+        )
