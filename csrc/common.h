@@ -19,18 +19,18 @@ inline at::ScalarType opmath_type(const at::Tensor& x) {
 }
 
 inline void check_floating(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), name, " must be a floating tensor, got ",
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), name, " must be a floating tensor, got ",
               t.scalar_type());
 }
 
 inline void check_seed_offset(int64_t seed, int64_t offset) {
-  TORCH_CHECK(seed >= 0, "seed must be in [0, 2**63), got ", seed);
-  TORCH_CHECK(offset >= 0, "offset must be >= 0, got ", offset);
+  TORCH_CHECK_VALUE(seed >= 0, "seed must be in [0, 2**63), got ", seed);
+  TORCH_CHECK_VALUE(offset >= 0, "offset must be >= 0, got ", offset);
 }
 
 // Elements per sample: parameters are laid out as one contiguous sample, x[0].
 inline int64_t feature_numel(const at::Tensor& x) {
-  TORCH_CHECK(x.dim() >= 1, "x must have a batch dimension (at least 1-D)");
+  TORCH_CHECK_VALUE(x.dim() >= 1, "x must have a batch dimension (at least 1-D)");
   return x.size(0) == 0 ? 0 : x.numel() / x.size(0);
 }
 
@@ -38,11 +38,16 @@ inline int64_t feature_numel(const at::Tensor& x) {
 // element i of x then reads entry i % feature_numel(x).
 inline at::Tensor per_sample(const at::Tensor& param, const at::Tensor& x, const char* name) {
   check_floating(param, name);
-  TORCH_CHECK(param.device() == x.device(), name, " is on ", param.device(), " but x is on ",
+  TORCH_CHECK_VALUE(param.device() == x.device(), name, " is on ", param.device(), " but x is on ",
               x.device());
   const auto sample = x.sizes().slice(1);
-  TORCH_CHECK(param.dim() <= static_cast<int64_t>(sample.size()), name, " of shape ",
+  TORCH_CHECK_VALUE(param.dim() <= static_cast<int64_t>(sample.size()), name, " of shape ",
               param.sizes(), " has more dims than one sample of x ", sample);
+  for (int64_t d = 1; d <= param.dim(); ++d) {
+    const int64_t p = param.size(-d), s = sample[sample.size() - d];
+    TORCH_CHECK_VALUE(p == 1 || p == s, name, " of shape ", param.sizes(),
+                      " does not broadcast to one sample of x ", sample);
+  }
   return param.to(opmath_type(x)).expand(sample).contiguous();
 }
 

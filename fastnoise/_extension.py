@@ -76,19 +76,25 @@ def source_files(with_cuda: bool) -> list[Path]:
     return sources
 
 
-def _find_nvcc() -> str | None:
-    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
-    candidate = Path(home) / "bin" / "nvcc"
-    if candidate.is_file():
-        return str(candidate)
-    return shutil.which("nvcc")
+def _cuda_home() -> Path | None:
+    """The CUDA toolkit to build with: ``CUDA_HOME``/``CUDA_PATH``, else /usr/local/cuda,
+    else the toolkit around an ``nvcc`` on PATH (one with headers, not a wrapper script)."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(str(Path(nvcc).resolve().parent.parent))
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "bin" / "nvcc").is_file():
+            if (Path(candidate) / "include" / "cuda_runtime.h").is_file():
+                return Path(candidate)
+    return None
 
 
 def _want_cuda() -> bool:
     forced = os.environ.get("FASTNOISE_BUILD_CUDA")
     if forced is not None and forced.strip() != "":
         return forced.strip() not in ("0", "false", "False", "no")
-    return torch.version.cuda is not None and _find_nvcc() is not None
+    return torch.version.cuda is not None and _cuda_home() is not None
 
 
 def _cuda_arch_list() -> str:
@@ -141,6 +147,11 @@ def _jit_build() -> str:
     saved_arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
     if with_cuda:
         os.environ["TORCH_CUDA_ARCH_LIST"] = _cuda_arch_list()
+        # torch guesses the toolkit once at import (from nvcc on PATH, which may be a
+        # wrapper script): point it at the one with headers.
+        home = _cuda_home()
+        if home is not None:
+            cpp_extension.CUDA_HOME = str(home)
     try:
         cpp_extension.load(
             name=LIBRARY,

@@ -11,7 +11,7 @@ namespace cpu {
 namespace {
 
 at::Tensor philox_words(const at::Tensor& counters_in, int64_t seed) {
-  TORCH_CHECK(counters_in.scalar_type() == at::kLong, "counters must be int64, got ",
+  TORCH_CHECK_TYPE(counters_in.scalar_type() == at::kLong, "counters must be int64, got ",
               counters_in.scalar_type());
   check_seed_offset(seed, 0);
   const at::Tensor counters = counters_in.contiguous().view(-1);

@@ -1,9 +1,10 @@
-// Spec noise tiles, compiled twice: portable (-O3, SSE2 on x86-64) and for AVX2+FMA via
-// the target attribute, chosen once by CPU feature detection. A wheel built this way
-// runs on any x86-64 and still uses 8-wide vectors where the CPU has them.
+// Spec noise tiles: a portable path (plain C++, -O3) and an AVX2+FMA path (intrinsics in
+// functions with the target attribute), chosen once by CPU feature detection. A build
+// without -march flags runs on any x86-64 and still uses 8-wide vectors where it can.
 #include "random_tiles.h"
 
 #include "../philox.h"
+#include "random_tiles_avx2.h"
 
 namespace fastnoise {
 namespace cpu {
@@ -54,22 +55,11 @@ void uniform_tile_generic(uint64_t seed, uint64_t first_counter, float* u) {
   uniform_tile_body(seed, first_counter, u);
 }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define FASTNOISE_HAVE_AVX2_CLONE 1
-__attribute__((target("avx2,fma"))) void normal_tile_avx2(uint64_t seed, uint64_t first_counter,
-                                                          float* z) {
-  normal_tile_body(seed, first_counter, z);
-}
-__attribute__((target("avx2,fma"))) void uniform_tile_avx2(uint64_t seed, uint64_t first_counter,
-                                                           float* u) {
-  uniform_tile_body(seed, first_counter, u);
-}
+#if defined(FASTNOISE_HAVE_AVX2_TILES)
 bool cpu_has_avx2() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
-#else
-bool cpu_has_avx2() { return false; }
 #endif
 
 using TileFn = void (*)(uint64_t, uint64_t, float*);
@@ -79,10 +69,10 @@ struct TileFunctions {
   TileFn uniform = uniform_tile_generic;
   const char* isa = "generic";
   TileFunctions() {
-#if defined(FASTNOISE_HAVE_AVX2_CLONE)
+#if defined(FASTNOISE_HAVE_AVX2_TILES)
     if (cpu_has_avx2()) {
-      normal = normal_tile_avx2;
-      uniform = uniform_tile_avx2;
+      normal = avx2::normal_tile;
+      uniform = avx2::uniform_tile;
       isa = "avx2";
     }
 #endif

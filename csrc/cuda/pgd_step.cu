@@ -30,7 +30,7 @@ at::Tensor pgd_step(const at::Tensor& x_adv_in, const at::Tensor& grad_in,
                     const at::Tensor& x_orig_in, double step_size, double eps, double clip_min,
                     double clip_max) {
   check_floating(x_adv_in, "x_adv");
-  TORCH_CHECK(grad_in.sizes() == x_adv_in.sizes() && x_orig_in.sizes() == x_adv_in.sizes(),
+  TORCH_CHECK_VALUE(grad_in.sizes() == x_adv_in.sizes() && x_orig_in.sizes() == x_adv_in.sizes(),
               "grad and x_orig must have the shape of x_adv ", x_adv_in.sizes());
   const c10::cuda::CUDAGuard guard(x_adv_in.device());
   const at::Tensor x_adv = x_adv_in.contiguous();

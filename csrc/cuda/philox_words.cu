@@ -22,7 +22,7 @@ __global__ void philox_words_kernel(const int64_t* __restrict__ counters, int64_
 }
 
 at::Tensor philox_words(const at::Tensor& counters_in, int64_t seed) {
-  TORCH_CHECK(counters_in.scalar_type() == at::kLong, "counters must be int64, got ",
+  TORCH_CHECK_TYPE(counters_in.scalar_type() == at::kLong, "counters must be int64, got ",
               counters_in.scalar_type());
   check_seed_offset(seed, 0);
   const c10::cuda::CUDAGuard guard(counters_in.device());

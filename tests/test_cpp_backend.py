@@ -1,0 +1,311 @@
+"""The C++ backend (``fastnoise_C`` CPU kernels) against the pure-torch reference.
+
+Words must be bit-exact; normals within 2e-6 (float32 log/sin/cos differ by an ulp or
+two); fused outputs within one rounding of the activation's dtype; parameter gradients
+within float32 summation-order error. The extension is built once per session.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fastnoise import _extension, rng
+from fastnoise._backends import cpp
+from fastnoise._backends import reference as ref
+
+Z_ATOL = 2e-6  # spec normals: |z_cpp - z_ref|
+
+# Output tolerances per activation dtype: one rounding of the dtype on top of Z_ATOL.
+TOLERANCES = {
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+    torch.float64: dict(rtol=1e-6, atol=1e-5),
+    torch.float16: dict(rtol=2e-3, atol=2e-3),
+    torch.bfloat16: dict(rtol=1.6e-2, atol=1.6e-2),
+}
+DTYPES = list(TOLERANCES)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built_extension():
+    reason = _extension.unavailable_reason()  # builds (or loads the cached build) once
+    assert reason is None, f"the C++ extension must build on this machine: {reason}"
+
+
+def _layouts(
+    shape: tuple[int, ...], dtype: torch.dtype, seed: int, kind: str = "normal"
+) -> dict[str, torch.Tensor]:
+    """The same logical values in three memory layouts. ``kind``: "normal" N(0, 1),
+    "pixels" in [0, 1], "sparse" N(0, 1) with exact zeros (sign(0) == 0 in PGD)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g)
+    if kind == "pixels":
+        x = (x.abs() - 0.2).clamp(0, 1)
+    elif kind == "sparse":
+        x = torch.where(x.abs() < 0.3, 0.0, x)
+    x = x.to(dtype)
+    n, c, h, w = shape
+    wide = torch.randn((n, c, h, w + 3), generator=g).to(dtype)
+    wide[..., :w] = x
+    return {
+        "contiguous": x,
+        "channels_last": x.contiguous(memory_format=torch.channels_last),
+        "strided": wide[..., :w],  # non-contiguous view
+    }
+
+
+SHAPE = (5, 3, 7, 9)  # odd sizes: tiles and counters never line up with rows
+SIGMA_SHAPES = [(3, 7, 9), (3, 1, 1), ()]
+
+
+def _param(shape: tuple[int, ...], seed: int, positive: bool = False) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.rand(shape, generator=g) * 0.5
+    return t + 0.05 if positive else t - 0.25
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) -> None:
+    assert got.dtype == want.dtype and got.shape == want.shape
+    torch.testing.assert_close(got.double(), want.double(), **TOLERANCES[dtype])
+
+
+def _grad_close(got: torch.Tensor, want: torch.Tensor, terms: int) -> None:
+    """Sums of ``terms`` products: float32 summation order differs from torch's."""
+    assert got.dtype == want.dtype and got.shape == want.shape
+    scale = float(want.abs().max()) + 1.0
+    torch.testing.assert_close(got.double(), want.double(), rtol=1e-4, atol=2e-6 * terms * scale)
+
+
+# --- the spec: words and normals -------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 123456789, 2**32 + 5, 2**63 - 1])
+def test_philox_words_bit_exact(seed):
+    counters = torch.tensor([0, 1, 2**31, 2**32 - 1, 2**32, 2**40 + 7, 2**62], dtype=torch.int64)
+    got = _extension.ops().philox_words(counters, seed)
+    for row, counter in zip(got, counters.tolist(), strict=True):
+        assert torch.equal(row, rng.random_words(4, seed, counter)), counter
+
+
+@pytest.mark.parametrize("offset", [0, 5, 2**32 - 3, 2**40])
+def test_random_words_layout(offset):
+    assert torch.equal(cpp.random_words(1001, 77, offset), rng.random_words(1001, 77, offset))
+
+
+@pytest.mark.parametrize(
+    "offset",
+    [0, 3, 2**32 - 100, 2**29 + 1],  # counters across 2**32; element offset past 2**31
+)
+def test_normals_match_spec(offset):
+    numel = 100_003
+    z = cpp.noise_forward(torch.zeros(1, numel), torch.ones(()), 99, offset)
+    want = rng.randn((1, numel), 99, offset)
+    assert (z - want).abs().max().item() <= Z_ATOL
+
+
+def test_uniforms_match_spec():
+    numel = 100_003
+    x = torch.zeros(1, numel)
+    got = cpp.random_start(x, 1.0, 5, 2**33 + 1, 0.0, 1.0, False)
+    want = 2.0 * rng.rand((1, numel), 5, 2**33 + 1) - 1.0
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-7)
+
+
+def test_noise_statistics():
+    """~1M draws: moments and a Kolmogorov-Smirnov test against N(0, 1), and no
+    correlation between Box-Muller partners or neighbouring counters."""
+    stats = pytest.importorskip("scipy.stats")
+    n = 1 << 20
+    z = cpp.noise_forward(torch.zeros(1, n), torch.ones(()), 2024, 11).reshape(-1).double()
+    assert abs(z.mean().item()) < 5 / math.sqrt(n)
+    assert abs(z.var().item() - 1.0) < 5 * math.sqrt(2 / n)
+    assert abs(((z**4).mean() - 3.0).item()) < 0.05  # Gaussian kurtosis
+    assert stats.kstest(z.numpy(), "norm").pvalue > 1e-3
+    pairs = z.reshape(-1, 2)
+    assert abs(torch.corrcoef(pairs.T)[0, 1].item()) < 5 / math.sqrt(n / 2)
+    blocks = z.reshape(-1, 4)
+    assert abs(torch.corrcoef(torch.stack((blocks[:-1, 0], blocks[1:, 0])))[0, 1]) < 0.01
+
+
+def test_uniform_statistics():
+    stats = pytest.importorskip("scipy.stats")
+    n = 1 << 20
+    u = cpp.random_start(torch.zeros(1, n), 1.0, 31337, 0, 0.0, 1.0, False).reshape(-1)
+    assert stats.kstest(u.double().numpy(), "uniform", args=(-1.0, 2.0)).pvalue > 1e-3
+
+
+# --- fused ops against the reference ----------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("sigma_shape", SIGMA_SHAPES, ids=str)
+def test_noise_injection(dtype, layout, sigma_shape):
+    x = _layouts(SHAPE, dtype, seed=1)[layout]
+    sigma = _param(sigma_shape, seed=2, positive=True)
+    seed, offset = 4242, 2**32 - 7
+    _close(
+        cpp.noise_forward(x, sigma, seed, offset), ref.noise_forward(x, sigma, seed, offset), dtype
+    )
+    grad_y = _layouts(SHAPE, dtype, seed=3)[layout]
+    terms = x.numel() // max(sigma.numel(), 1)
+    _grad_close(
+        cpp.noise_backward_sigma(grad_y, sigma, seed, offset),
+        ref.noise_backward_sigma(grad_y, sigma, seed, offset),
+        terms,
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("param_shape", SIGMA_SHAPES, ids=str)
+def test_pnil(dtype, layout, param_shape):
+    x = _layouts(SHAPE, dtype, seed=5)[layout]
+    weight, bias = _param(param_shape, seed=6), _param(param_shape, seed=7)
+    seed, offset = 99, 2**29 + 3
+    _close(
+        cpp.pnil_forward(x, weight, bias, seed, offset),
+        ref.pnil_forward(x, weight, bias, seed, offset),
+        dtype,
+    )
+    grad_y = _layouts(SHAPE, dtype, seed=8)[layout]
+    got = cpp.pnil_backward(grad_y, x, weight, bias, seed, offset)
+    want = ref.pnil_backward(grad_y, x, weight, bias, seed, offset)
+    _close(got[0], want[0], dtype)
+    terms = x.numel() // max(weight.numel(), 1)
+    _grad_close(got[1], want[1], terms)
+    _grad_close(got[2], want[2], terms)
+
+
+def test_long_flat_input_crosses_many_tiles_and_threads():
+    """A size that is no multiple of a tile, with per-feature params of odd length."""
+    x = torch.randn(3, 40_001)
+    sigma = torch.rand(40_001)
+    torch.testing.assert_close(
+        cpp.noise_forward(x, sigma, 8, 1), ref.noise_forward(x, sigma, 8, 1), rtol=1e-5, atol=1e-5
+    )
+    _grad_close(
+        cpp.noise_backward_sigma(x, sigma, 8, 1), ref.noise_backward_sigma(x, sigma, 8, 1), 3
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("clip", [(0.0, 1.0), (-math.inf, math.inf)])
+def test_pgd_step(dtype, layout, clip):
+    x_adv = _layouts(SHAPE, dtype, seed=9, kind="pixels")[layout]
+    grad = _layouts(SHAPE, dtype, seed=10, kind="sparse")[layout]
+    x_orig = _layouts(SHAPE, dtype, seed=11, kind="pixels")[layout]
+    args = (x_adv, grad, x_orig, 0.01, 8 / 255, *clip)
+    got, want = cpp.pgd_step(*args), ref.pgd_step(*args)
+    assert got.dtype == want.dtype
+    assert torch.equal(got, want)  # no noise: the same float ops, bit for bit
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("project", [True, False])
+def test_random_start(dtype, layout, project):
+    x = _layouts(SHAPE, dtype, seed=12, kind="pixels")[layout]
+    args = (x, 8 / 255, 7, 2**32 + 9, 0.0, 1.0, project)
+    _close(cpp.random_start(*args), ref.random_start(*args), dtype)
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4), (4, 0), (0,)])
+def test_empty_tensors(shape):
+    x = torch.zeros(shape)
+    param = torch.ones(shape[1:]) if len(shape) > 1 else torch.ones(())
+    assert cpp.noise_forward(x, param, 1, 0).shape == x.shape
+    assert torch.equal(cpp.noise_backward_sigma(x, param, 1, 0), torch.zeros_like(param))
+    assert cpp.pnil_forward(x, param, param, 1, 0).shape == x.shape
+    gx, gw, gb = cpp.pnil_backward(x, x, param, param, 1, 0)
+    assert gx.shape == x.shape and torch.equal(gw, torch.zeros_like(param))
+    assert torch.equal(gb, torch.zeros_like(param))
+    assert cpp.pgd_step(x, x, x, 0.1, 0.1, 0.0, 1.0).shape == x.shape
+    assert cpp.random_start(x, 0.1, 1, 0, 0.0, 1.0, True).shape == x.shape
+    assert cpp.random_words(0, 1, 0).shape == (0,)
+
+
+def test_mixed_parameter_dtype():
+    """A float32 parameter with a bfloat16 activation (autocast): gradient in float32."""
+    x = torch.randn(4, 3, 5, 5).bfloat16()
+    sigma = _param((3, 1, 1), seed=13, positive=True)
+    got = cpp.noise_backward_sigma(x, sigma, 3, 0)
+    assert got.dtype == torch.float32
+    _grad_close(got, ref.noise_backward_sigma(x, sigma, 3, 0), 100)
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+def test_bad_arguments_raise_clear_errors():
+    x = torch.randn(2, 3, 4)
+    with pytest.raises(ValueError, match="sigma .* does not broadcast"):
+        cpp.noise_forward(x, torch.ones(5), 1, 0)
+    with pytest.raises(ValueError, match="weight .* more dims"):
+        cpp.pnil_forward(x, torch.ones(2, 2, 3, 4), torch.ones(()), 1, 0)
+    with pytest.raises(ValueError, match="offset must be >= 0"):
+        cpp.noise_forward(x, torch.ones(()), 1, -1)
+    with pytest.raises(TypeError, match="x must be a floating tensor"):
+        cpp.noise_forward(x.int(), torch.ones(()), 1, 0)
+    with pytest.raises(ValueError, match="grad and x_orig must have the shape"):
+        cpp.pgd_step(x, x[:1], x, 0.1, 0.1, 0.0, 1.0)
+
+
+# --- the torch.library contract ---------------------------------------------------------
+
+
+def _opcheck_cases():
+    x = torch.randn(3, 2, 5)
+    sigma, w, b = torch.rand(2, 1), torch.randn(2, 5) * 0.1, torch.randn(5) * 0.1
+    return [
+        ("noise_forward", (x, sigma, 1, 2)),
+        ("noise_backward_sigma", (x, sigma, 1, 2)),
+        ("pnil_forward", (x, w, b, 3, 4)),
+        ("pnil_backward", (x, x, w, b, 3, 4)),
+        ("pgd_step", (x, x, x, 0.1, 0.2, 0.0, 1.0)),
+        ("random_start", (x, 0.1, 5, 6, 0.0, 1.0, True)),
+        ("philox_words", (torch.arange(9, dtype=torch.int64), 7)),
+    ]
+
+
+@pytest.mark.parametrize(
+    "name,args", _opcheck_cases(), ids=lambda c: c if isinstance(c, str) else ""
+)
+def test_opcheck(name, args):
+    op = getattr(_extension.ops(), name).default
+    torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
+
+
+def test_functional_api_runs_on_cpp_backend():
+    """Through fastnoise.functional (autograd regenerates the noise): same as the reference."""
+    from fastnoise import functional
+    from fastnoise._dispatch import use_backend
+
+    x = torch.randn(4, 3, 6, 6, requires_grad=True)
+    sigma = torch.full((3, 1, 1), 0.3, requires_grad=True)
+    results = {}
+    for name in ("cpp", "torch"):
+        with use_backend(name):
+            y = functional.inject_noise(x, sigma, seed=17)
+            gx, gs = torch.autograd.grad(y.square().sum(), (x, sigma))
+        results[name] = (y.detach(), gx, gs)
+    for got, want in zip(results["cpp"], results["torch"], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_gradcheck_float64_through_functional():
+    from fastnoise import functional
+    from fastnoise._dispatch import use_backend
+
+    x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    w = (torch.randn(3, 4, dtype=torch.float64) * 0.1).requires_grad_()
+    b = (torch.randn(4, dtype=torch.float64) * 0.1).requires_grad_()
+    sigma = torch.rand(3, 1, dtype=torch.float64).add_(0.1).requires_grad_()
+    with use_backend("cpp"):
+        assert torch.autograd.gradcheck(
+            lambda x, s: functional.inject_noise(x, s, seed=3), (x, sigma)
+        )
+        assert torch.autograd.gradcheck(lambda *t: functional.pnil(*t, seed=5), (x, w, b))

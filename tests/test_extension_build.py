@@ -1,0 +1,139 @@
+"""Building and loading the ``fastnoise_C`` extension: the cache key, the CUDA sources,
+and what a failed build looks like (one warning with the log path; the reference backend
+keeps working)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastnoise import _extension
+
+OPS = [
+    "noise_forward",
+    "noise_backward_sigma",
+    "pnil_forward",
+    "pnil_backward",
+    "pgd_step",
+    "random_start",
+    "philox_words",
+]
+
+
+def _run_python(code: str, env: dict[str, str], timeout: float = 900) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_build_dir_is_keyed_by_sources_and_configuration(monkeypatch, tmp_path):
+    monkeypatch.setenv("FASTNOISE_EXT_DIR", str(tmp_path))
+    cpu_only, with_cuda = _extension.build_dir(False), _extension.build_dir(True)
+    assert cpu_only.parent == tmp_path and cpu_only.name.startswith("ext-")
+    assert cpu_only != with_cuda
+    assert _extension.build_dir(False) == cpu_only  # deterministic
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0")
+    assert _extension.build_dir(True) != with_cuda
+    assert _extension.build_dir(False) == cpu_only  # the arch list only matters with CUDA
+
+
+def test_sources_cover_every_op_on_both_devices():
+    cpu = {p.stem for p in _extension.source_files(False) if p.parent.name == "cpu"}
+    cuda = {p.stem for p in _extension.source_files(True) if p.parent.name == "cuda"}
+    assert {"noise", "pnil", "pgd_step", "random_start", "philox_words"} <= cpu
+    assert cuda == {"noise", "pnil", "pgd_step", "random_start", "philox_words"}
+
+
+def test_every_op_has_cpu_and_fake_kernels():
+    assert _extension.unavailable_reason() is None
+    for name in OPS:
+        qualified = f"fastnoise_C::{name}"
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(qualified, "CPU"), name
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(qualified, "Meta"), name
+    assert _extension.cpu_isa() in ("avx2", "generic")
+
+
+@pytest.mark.skipif(
+    torch.version.cuda is None or _extension._cuda_home() is None,
+    reason="needs a CUDA build of torch and nvcc (CUDA_HOME or /usr/local/cuda)",
+)
+def test_cuda_sources_compile_and_register():
+    """The CUDA kernels compile with nvcc and register for the CUDA dispatch key; the
+    library loads without a GPU. In a subprocess: one process loads one build."""
+    out = _run_python(
+        f"""
+        import torch
+        from fastnoise import _extension
+        assert _extension.unavailable_reason() is None, _extension.unavailable_reason()
+        for name in {OPS!r}:
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(
+                "fastnoise_C::" + name, "CUDA"), name
+        print("cuda kernels:", _extension.has_cuda_kernels())
+        """,
+        env={"FASTNOISE_BUILD_CUDA": "1"},
+    )
+    assert "cuda kernels: True" in out
+
+
+def test_failed_build_warns_once_and_reference_keeps_working(tmp_path):
+    bad = tmp_path / "broken.cpp"
+    bad.write_text("this is not C++;\n")
+    out = _run_python(
+        f"""
+        import warnings
+        import torch
+        import fastnoise
+        from fastnoise import _extension
+        from fastnoise._dispatch import backends
+
+        _extension.source_files = lambda with_cuda: [__import__("pathlib").Path({str(bad)!r})]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            reason = _extension.unavailable_reason()
+            assert _extension.unavailable_reason() == reason  # no second build, no warning
+        messages = [str(w.message) for w in caught]
+        messages = [m for m in messages if "C++/CUDA backends disabled" in m]
+        assert len(messages) == 1, messages
+        assert "failed to build" in reason and "compiler log:" in reason, reason
+        log = reason.split("compiler log: ")[1].strip()
+        assert "broken.cpp" in open(log).read()
+        cpp = [b for b in backends() if b.name == "cpp"][0]
+        assert not cpp.available and "failed to build" in cpp.reason
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            y = fastnoise.inject_noise(torch.zeros(2, 3), 1.0, seed=1)
+        assert torch.allclose(y, fastnoise.rng.randn((2, 3), 1))
+        print("ok")
+        """,
+        env={"FASTNOISE_EXT_DIR": str(tmp_path / "ext"), "FASTNOISE_BUILD_CUDA": "0"},
+        timeout=300,
+    )
+    assert "ok" in out
+
+
+def test_ahead_of_time_build_is_preferred(monkeypatch, tmp_path):
+    monkeypatch.setattr(_extension, "_PACKAGE_DIR", tmp_path)
+    assert _extension._aot_library() is None
+    library = tmp_path / "_C.cpython-312-x86_64-linux-gnu.so"
+    library.write_bytes(b"")
+    assert _extension._aot_library() == library
+
+
+def test_setup_py_builds_the_same_sources():
+    """setup.py's ahead-of-time build lists the sources the JIT build compiles."""
+    text = (Path(__file__).resolve().parents[1] / "setup.py").read_text()
+    assert "FASTNOISE_BUILD_EXT" in text
+    assert 'glob.glob("csrc/cpu/*.cpp")' in text and 'glob.glob("csrc/cuda/*.cu")' in text
+    assert '"csrc/ops.cpp"' in text
