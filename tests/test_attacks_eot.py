@@ -1,0 +1,137 @@
+"""Batched EOT: equal to the loop of single draws, copies independent, chunking exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_attacks_support import NoisyMLP, ReplayNoise, SharedDrawMLP, SmoothMLP
+
+from fastnoise.attacks import (
+    PGD,
+    eot_evaluate,
+    eot_gradient,
+    eot_per_copy,
+    sequential_eot_gradient,
+)
+from fastnoise.attacks._losses import cross_entropy
+
+BATCH, FEATURES, COPIES = 5, 16, 7
+
+
+def _per_copy_draws(copies: int) -> torch.Tensor:
+    """(copies, BATCH, FEATURES) noise, copy l drawn after torch.manual_seed(100 + l)."""
+    draws = []
+    for copy in range(copies):
+        torch.manual_seed(100 + copy)
+        draws.append(torch.randn(BATCH, FEATURES))
+    return torch.stack(draws)
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 3, 8, BATCH * COPIES])
+def test_batched_eot_equals_mean_of_single_draw_gradients(chunk):
+    torch.manual_seed(0)
+    inner = SmoothMLP(FEATURES)
+    x, y = torch.rand(BATCH, FEATURES), torch.randint(0, 5, (BATCH,))
+    draws = _per_copy_draws(COPIES)
+    # The loop sees copy l for the whole batch; the batched pass sees row b*L + l.
+    looped = ReplayNoise(inner, draws.reshape(-1, FEATURES))
+    batched = ReplayNoise(inner, draws.transpose(0, 1).reshape(-1, FEATURES))
+
+    expected = sequential_eot_gradient(looped, cross_entropy, x, y, COPIES)
+    result = eot_gradient(batched, cross_entropy, x, y, COPIES, chunk=chunk)
+
+    assert looped.cursor == batched.cursor == BATCH * COPIES  # every draw used once
+    torch.testing.assert_close(result.grad, expected.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(result.loss, expected.loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(result.logits, expected.logits, rtol=1e-5, atol=1e-6)
+    # The noise matters: one draw alone gives a different gradient (the test can fail).
+    single = sequential_eot_gradient(ReplayNoise(inner, draws[0]), cross_entropy, x, y, 1)
+    assert (single.grad - expected.grad).abs().max() > 1e-3
+
+
+def test_eot_gradient_matches_autograd_of_mean_loss():
+    """With a deterministic model every copy is identical: EOT = the plain gradient."""
+    torch.manual_seed(1)
+    model = SmoothMLP(FEATURES)
+    x, y = torch.rand(BATCH, FEATURES), torch.randint(0, 5, (BATCH,))
+    x_req = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(F.cross_entropy(model(x_req), y, reduction="sum"), x_req)
+    result = eot_gradient(model, cross_entropy, x, y, eot=4, chunk=6)
+    torch.testing.assert_close(result.grad, expected, rtol=1e-5, atol=1e-6)
+    assert all(p.grad is None for p in model.parameters())  # input gradients only
+
+
+def test_eot_copies_get_independent_noise():
+    torch.manual_seed(2)
+    model = NoisyMLP(FEATURES)
+    x, y = torch.rand(3, FEATURES), torch.randint(0, 5, (3,))
+    copies = eot_per_copy(model, cross_entropy, x, y, eot=6)
+    assert copies.grad.shape == (3, 6, FEATURES) and copies.logits.shape == (3, 6, 5)
+    for b in range(3):
+        grads = copies.grad[b]
+        distance = torch.cdist(grads, grads) + torch.eye(6) * 1e9
+        assert distance.min() > 1e-4, "two EOT copies of one sample got the same noise"
+    # Averaging many independent draws shrinks the spread of the per-copy gradients.
+    many = eot_per_copy(model, cross_entropy, x, y, eot=64).grad
+    spread = many.std(dim=1).mean()
+    assert (many.mean(1) - many[:, 0]).abs().mean() > 0.1 * spread
+
+
+def test_shared_draw_model_makes_identical_copies():
+    """Negative control: the released-L2P style model (one draw broadcast over the
+    batch) gives every copy the same gradient, which the independence test rejects."""
+    torch.manual_seed(3)
+    model = SharedDrawMLP(FEATURES)
+    x, y = torch.rand(2, FEATURES), torch.randint(0, 5, (2,))
+    copies = eot_per_copy(model, cross_entropy, x, y, eot=4, chunk=8)
+    torch.testing.assert_close(copies.grad[:, 1:], copies.grad[:, :1].expand_as(copies.grad[:, 1:]))
+
+
+def test_batched_and_looped_eot_estimate_the_same_expectation():
+    torch.manual_seed(4)
+    model = NoisyMLP(FEATURES, sigma=0.5)
+    x, y = torch.rand(4, FEATURES), torch.randint(0, 5, (4,))
+    batched = eot_gradient(model, cross_entropy, x, y, eot=200).grad
+    looped = sequential_eot_gradient(model, cross_entropy, x, y, eot=200).grad
+    single = eot_gradient(model, cross_entropy, x, y, eot=1).grad
+    cosine = lambda a, b: F.cosine_similarity(a.flatten(1), b.flatten(1)).min().item()
+    assert cosine(batched, looped) > 0.95
+    assert cosine(single, looped) < cosine(batched, looped)
+
+
+def test_eot_evaluate_has_no_gradient_and_averages_logits():
+    torch.manual_seed(5)
+    model = SmoothMLP(FEATURES)
+    x, y = torch.rand(3, FEATURES), torch.randint(0, 5, (3,))
+    result = eot_evaluate(model, cross_entropy, x, y, eot=3, chunk=4)
+    assert result.grad is None
+    with torch.no_grad():
+        torch.testing.assert_close(result.logits, model(x))
+        torch.testing.assert_close(result.loss, F.cross_entropy(model(x), y, reduction="none"))
+
+
+def test_attack_with_eot_runs_the_batched_pass_once_per_step():
+    calls = []
+
+    class Counting(SmoothMLP):
+        def forward(self, x):
+            calls.append(x.shape[0])
+            return super().forward(x)
+
+    torch.manual_seed(6)
+    x, y = torch.rand(4, FEATURES), torch.randint(0, 5, (4,))
+    PGD(Counting(FEATURES), eps=0.1, steps=3, eot=16)(x, y)
+    assert calls == [4 * 16] * 3  # one forward of B * L rows per step, not L loops
+    calls.clear()
+    PGD(Counting(FEATURES), eps=0.1, steps=2, eot=16, eot_chunk=24)(x, y)
+    assert calls == [24, 24, 16] * 2
+
+
+def test_compile_flag_gives_the_same_attack():
+    torch.manual_seed(7)
+    model = SmoothMLP(FEATURES)
+    x, y = torch.rand(4, FEATURES), torch.randint(0, 5, (4,))
+    plain = PGD(model, eps=0.1, steps=3, random_start=False)(x, y)
+    compiled = PGD(model, eps=0.1, steps=3, random_start=False, compile="eager")(x, y)
+    torch.testing.assert_close(compiled, plain)
