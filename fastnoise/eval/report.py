@@ -1,0 +1,295 @@
+"""The robustness report: per-attack accuracies over repeats, self-checks, sweeps.
+
+Accuracies are stored as fractions in [0, 1], one value per repeat, and shown in percent
+as mean ± std. The std is the sample std over repeats (ddof=1; 0 for a single repeat):
+the defenses are random, so every repeat redraws the noise and reruns the attacks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from typing import Any
+
+__all__ = [
+    "AttackResult",
+    "CheckResult",
+    "SweepResult",
+    "RobustnessReport",
+    "mean_std",
+    "format_eps",
+    "STATUSES",
+]
+
+# "info" carries a finding that is neither good nor bad (e.g. "this model is randomized");
+# "skip" marks a check that had nothing to compare.
+STATUSES = ("pass", "warn", "fail", "info", "skip")
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample std (ddof=1; 0.0 for fewer than two values)."""
+    if len(values) == 0:
+        raise ValueError("values must not be empty")
+    mean = math.fsum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    var = math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(var)
+
+
+def format_eps(eps: float, norm: str = "linf") -> str:
+    """``8/255`` for L-inf budgets on the 1/255 grid, plain numbers otherwise, ``–`` for inf."""
+    if math.isinf(eps):
+        return "–"
+    if norm == "linf" and eps > 0:
+        frac = Fraction(eps * 255).limit_denominator(4)
+        if abs(float(frac) - eps * 255) < 1e-6:
+            return f"{frac}/255" if frac.denominator == 1 else f"{float(frac):g}/255"
+    label = f"{eps:.4g}"
+    return label if norm == "linf" else f"{label} ({norm.upper()})"
+
+
+def _pct(values: Sequence[float]) -> str:
+    mean, std = mean_std(values)
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def _mean_std_dict(values: Sequence[float]) -> dict[str, float]:
+    mean, std = mean_std(values)
+    return {"mean": mean, "std": std}
+
+
+def _encode_float(x: float) -> float | str:
+    # JSON has no inf; keep the file strict so any parser can read it.
+    return "inf" if math.isinf(x) else x
+
+
+def _decode_float(x: float | str) -> float:
+    return float(x)
+
+
+@dataclass
+class AttackResult:
+    """Robust accuracy of one attack, one fraction per repeat."""
+
+    name: str
+    eps: float
+    norm: str
+    kind: str
+    accuracies: list[float]
+    eot: int = 1
+
+    @property
+    def mean(self) -> float:
+        return mean_std(self.accuracies)[0]
+
+    @property
+    def std(self) -> float:
+        return mean_std(self.accuracies)[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["eps"] = _encode_float(self.eps)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AttackResult:
+        return cls(**{**d, "eps": _decode_float(d["eps"])})
+
+
+@dataclass
+class CheckResult:
+    """One named self-check: status in ``STATUSES`` and a one-line explanation."""
+
+    name: str
+    status: str
+    message: str
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+
+
+@dataclass
+class SweepResult:
+    """Accuracy of one attack (or one model under one attack) as the budget grows."""
+
+    label: str
+    norm: str
+    eps_values: list[float]
+    accuracies: list[list[float]]  # [eps index][repeat]
+    n_samples: int = 0
+
+    @property
+    def means(self) -> list[float]:
+        return [mean_std(a)[0] for a in self.accuracies]
+
+    @property
+    def stds(self) -> list[float]:
+        return [mean_std(a)[1] for a in self.accuracies]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["eps_values"] = [_encode_float(e) for e in self.eps_values]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SweepResult:
+        return cls(**{**d, "eps_values": [_decode_float(e) for e in d["eps_values"]]})
+
+
+@dataclass
+class RobustnessReport:
+    """Everything :func:`fastnoise.eval.evaluate` measured, printable and savable."""
+
+    n_samples: int
+    repeats: int
+    clean: list[float]
+    attacks: list[AttackResult]
+    # Per repeat: fraction of samples classified correctly clean AND under every attack.
+    worst_case: list[float]
+    randomized: bool | None = None
+    checks: list[CheckResult] = field(default_factory=list)
+    sweeps: list[SweepResult] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def effective(self) -> AttackResult | None:
+        """The strongest attack (lowest mean accuracy): the effective robustness."""
+        return min(self.attacks, key=lambda a: a.mean) if self.attacks else None
+
+    def attack(self, name: str) -> AttackResult:
+        for result in self.attacks:
+            if result.name == name:
+                return result
+        raise KeyError(f"no attack named {name!r}; have {[a.name for a in self.attacks]}")
+
+    def check(self, name: str) -> CheckResult:
+        for result in self.checks:
+            if result.name == name:
+                return result
+        raise KeyError(f"no check named {name!r}; have {[c.name for c in self.checks]}")
+
+    def add_sweep(self, sweep: SweepResult) -> None:
+        """Attach a sweep and refresh the checks that read sweeps."""
+        from fastnoise.eval.checks import check_eps_sweeps
+
+        self.sweeps.append(sweep)
+        refreshed = check_eps_sweeps(self.sweeps)
+        self.checks = [c for c in self.checks if c.name != refreshed.name] + [refreshed]
+
+    # -- Markdown ---------------------------------------------------------------------------
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"Robust accuracy on {self.n_samples} samples, mean ± std over {self.repeats} "
+            f"repeat(s). Randomized model: {_yes_no(self.randomized)}.",
+            "",
+            "| Attack | eps | Accuracy (%) |",
+            "|---|---|---|",
+            f"| Clean | – | {_pct(self.clean)} |",
+        ]
+        for a in self.attacks:
+            eot = f" (EOT×{a.eot})" if a.eot > 1 else ""
+            lines.append(f"| {a.name}{eot} | {format_eps(a.eps, a.norm)} | {_pct(a.accuracies)} |")
+        best = self.effective
+        if best is not None:
+            lines.append(
+                f"| **Effective robustness** (min over attacks: {best.name}) | "
+                f"{format_eps(best.eps, best.norm)} | **{_pct(best.accuracies)}** |"
+            )
+            lines.append(f"| Per-sample worst case (all attacks) | – | {_pct(self.worst_case)} |")
+        if self.sweeps:
+            lines += ["", *self._sweep_markdown()]
+        if self.checks:
+            lines += ["", "| Check | Status | Explanation |", "|---|---|---|"]
+            lines += [f"| {c.name} | {c.status.upper()} | {c.message} |" for c in self.checks]
+        return "\n".join(lines) + "\n"
+
+    def _sweep_markdown(self) -> list[str]:
+        lines = []
+        for s in self.sweeps:
+            head = " | ".join(format_eps(e, s.norm) if e > 0 else "0" for e in s.eps_values)
+            cells = " | ".join(_pct(a) for a in s.accuracies)
+            lines += [
+                f"| {s.label}: eps | {head} |",
+                "|---" * (len(s.eps_values) + 1) + "|",
+                f"| Accuracy (%) | {cells} |",
+                "",
+            ]
+        return lines[:-1]
+
+    # -- JSON -------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n_samples": self.n_samples,
+            "repeats": self.repeats,
+            "clean": list(self.clean),
+            "attacks": [a.to_dict() for a in self.attacks],
+            "worst_case": list(self.worst_case),
+            "randomized": self.randomized,
+            "checks": [asdict(c) for c in self.checks],
+            "sweeps": [s.to_dict() for s in self.sweeps],
+            "meta": dict(self.meta),
+            # Derived numbers, for readers of the file; ignored by from_dict.
+            "summary": self._summary(),
+        }
+
+    def _summary(self) -> dict[str, Any]:
+        summary: dict[str, Any] = {"clean": _mean_std_dict(self.clean)}
+        best = self.effective
+        if best is not None:
+            summary["effective"] = {"attack": best.name, "mean": best.mean, "std": best.std}
+            summary["worst_case"] = _mean_std_dict(self.worst_case)
+        return summary
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RobustnessReport:
+        return cls(
+            n_samples=d["n_samples"],
+            repeats=d["repeats"],
+            clean=list(d["clean"]),
+            attacks=[AttackResult.from_dict(a) for a in d["attacks"]],
+            worst_case=list(d["worst_case"]),
+            randomized=d.get("randomized"),
+            checks=[CheckResult(**c) for c in d.get("checks", [])],
+            sweeps=[SweepResult.from_dict(s) for s in d.get("sweeps", [])],
+            meta=dict(d.get("meta", {})),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> RobustnessReport:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, folder: str | os.PathLike[str]) -> dict[str, str]:
+        """Write report.md, report.json and the PNG plots into ``folder``; return the paths."""
+        from fastnoise.eval.plots import plot_accuracy_vs_eps, plot_attack_accuracy
+
+        os.makedirs(folder, exist_ok=True)
+        paths = {
+            "markdown": os.path.join(folder, "report.md"),
+            "json": os.path.join(folder, "report.json"),
+        }
+        with open(paths["markdown"], "w", encoding="utf-8") as f:
+            f.write(self.to_markdown())
+        with open(paths["json"], "w", encoding="utf-8") as f:
+            f.write(self.to_json() + "\n")
+        if self.attacks:
+            paths["bars"] = os.path.join(folder, "accuracy_by_attack.png")
+            plot_attack_accuracy(self, paths["bars"])
+        if self.sweeps:
+            paths["sweep"] = os.path.join(folder, "accuracy_vs_eps.png")
+            plot_accuracy_vs_eps(self.sweeps, paths["sweep"])
+        return paths
+
+
+def _yes_no(flag: bool | None) -> str:
+    return "not checked" if flag is None else ("yes (use EOT attacks)" if flag else "no")
