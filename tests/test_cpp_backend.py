@@ -309,3 +309,27 @@ def test_gradcheck_float64_through_functional():
             lambda x, s: functional.inject_noise(x, s, seed=3), (x, sigma)
         )
         assert torch.autograd.gradcheck(lambda *t: functional.pnil(*t, seed=5), (x, w, b))
+
+
+def test_benchmark_baselines_match_the_reference():
+    """benchmarks/eager.py (the baselines speed-ups are quoted against) computes the
+    reference's math when handed the reference's noise."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "eager.py"
+    spec = importlib.util.spec_from_file_location("fastnoise_bench_eager", path)
+    eager = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eager)
+    x = torch.randn(4, 3, 5, 5)
+    z = rng.randn(x.shape, 9, 2)
+    sigma, w, b = torch.rand(3, 1, 1), torch.randn(3, 5, 5) * 0.1, torch.randn(5, 5) * 0.1
+    torch.testing.assert_close(
+        eager.eager_inject_noise(x, sigma, z), ref.noise_forward(x, sigma, 9, 2)
+    )
+    torch.testing.assert_close(eager.eager_pnil(x, w, b, z), ref.pnil_forward(x, w, b, 9, 2))
+    x_adv, grad, x_orig = torch.rand_like(x), torch.randn_like(x), torch.rand_like(x)
+    assert torch.equal(
+        eager.eager_pgd_step(x_adv, grad, x_orig, 0.01, 0.03),
+        ref.pgd_step(x_adv, grad, x_orig, 0.01, 0.03, 0.0, 1.0),
+    )

@@ -3,8 +3,12 @@
 // on the current stream.
 #pragma once
 
-#include <ATen/cuda/CUDAContext.h>
+// Only c10/cuda headers (not ATen/cuda/CUDAContext.h, which pulls in cuBLAS/cuSPARSE
+// headers that a minimal toolkit lacks): the kernels need a stream, a guard and errors.
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -16,12 +20,15 @@ constexpr int kThreads = 256;
 
 // Enough blocks to fill the GPU a few times over; the grid-stride loop does the rest.
 inline int blocks_for(int64_t work_items) {
+  int sm_count = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount,
+                                        c10::cuda::current_device()));
   const int64_t needed = (work_items + kThreads - 1) / kThreads;
-  const int64_t cap = 8LL * at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t cap = 8LL * sm_count;
   return static_cast<int>(std::max<int64_t>(1, std::min(needed, cap)));
 }
 
-inline cudaStream_t stream() { return at::cuda::getCurrentCUDAStream(); }
+inline cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
 
 #define FASTNOISE_GRID_STRIDE(index, count)                                          \
   for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; \
