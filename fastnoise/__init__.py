@@ -5,6 +5,7 @@ an attack suite built for randomized models, and a thin training layer.
 """
 
 from fastnoise import functional, rng
+from fastnoise._dispatch import backends, set_backend, use_backend
 from fastnoise.functional import inject_noise, pgd_step, pnil, random_start
 
 __version__ = "0.1.0"
@@ -16,5 +17,8 @@ __all__ = [
     "pnil",
     "pgd_step",
     "random_start",
+    "set_backend",
+    "use_backend",
+    "backends",
     "__version__",
 ]

@@ -54,10 +54,15 @@ def _seed_offset(rng_state: Tensor) -> tuple[int, int]:
     return seed, offset
 
 
+def _storage(t: Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
 def _fresh(out: Tensor, *inputs: Tensor) -> Tensor:
-    """Ops return new, contiguous tensors (what the fake kernels promise)."""
+    """Ops return contiguous tensors (what the fake kernels promise) that share memory
+    with no input; a backend may hand back views (e.g. two gradients of one buffer)."""
     out = out.contiguous()
-    if any(out.data_ptr() == t.data_ptr() for t in inputs if t.numel()):
+    if out.numel() and any(_storage(out) == _storage(t) for t in inputs if t.numel()):
         out = out.clone()
     return out
 
@@ -124,7 +129,9 @@ def pnil_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     seed, offset = _seed_offset(rng_state)
     gx, gw, gb = backend_for(x.device).pnil_backward(grad_y, x, weight, bias, seed, offset)
-    return _fresh(gx, grad_y, x), _fresh(gw, weight, bias), _fresh(gb, weight, bias)
+    gx = _fresh(gx, grad_y, x, weight, bias)
+    gw = _fresh(gw, grad_y, x, weight, bias, gx)
+    return gx, gw, _fresh(gb, grad_y, x, weight, bias, gx, gw)
 
 
 @pnil_backward.register_fake
