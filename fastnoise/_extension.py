@@ -116,7 +116,8 @@ def _build_hash(sources: list[Path], with_cuda: bool) -> str:
     root = _csrc_dir()
     headers = sorted(root.glob("*.h")) + sorted(root.glob("*/*.h"))
     for path in sorted(set(sources) | set(headers)):
-        digest.update(str(path.relative_to(root)).encode())
+        name = path.relative_to(root) if path.is_relative_to(root) else path
+        digest.update(str(name).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
