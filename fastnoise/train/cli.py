@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import typing
 from typing import Any
 
@@ -77,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     result = fit(config)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return 0
     last = result.metrics[-1] if result.metrics else {}
     print(f"trained {config.method} on {config.dataset} for {last.get('epoch', 0)} epochs")
     if result.checkpoint is not None:

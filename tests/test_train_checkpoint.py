@@ -1,0 +1,157 @@
+"""Checkpoints: atomic writes, exact resume, the NaN stop, load_model, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fastnoise.cli import main as cli_main
+from fastnoise.train import NonFiniteLossError, TrainConfig, atomic_save, fit, load_model
+from fastnoise.train import methods as methods_module
+from fastnoise.train.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
+
+
+def tiny_data(n: int = 48, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def l2p_config(out, **kw) -> TrainConfig:
+    base = dict(
+        method="learn2perturb", dataset="embedded", epochs=3, batch_size=8,
+        max_steps_per_epoch=3, attack_steps=1, val_pgd_steps=1, holdout=8,
+        noise_off_epochs=1, lr=0.05, out=str(out), progress=False, plots=False,
+    )  # fmt: skip
+    return TrainConfig(**{**base, **kw})
+
+
+def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    atomic_save({"model": torch.ones(3)}, path)
+    before = path.read_bytes()
+
+    def broken_save(obj, f):
+        f.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"model": torch.zeros(3)}, path)
+    assert path.read_bytes() == before, "the old checkpoint must survive a failed write"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"], "temp file left behind"
+
+
+def test_rng_state_roundtrip_is_weights_only_safe(tmp_path):
+    import random
+
+    import numpy as np
+
+    state = capture_rng_state()
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    atomic_save({"rng": state}, tmp_path / "r.pt")
+    restore_rng_state(torch.load(tmp_path / "r.pt", weights_only=True)["rng"])
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], got[0])
+    assert np.array_equal(expected[1], got[1]) and expected[2] == got[2]
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypatch):
+    data = tiny_data()
+    straight = fit(l2p_config(tmp_path / "straight"), data=data)
+
+    # the same run, killed in the middle of epoch 3 ...
+    calls = {"n": 0}
+    original = methods_module.Learn2Perturb.train_step
+
+    def dying_step(self, x, y, epoch):
+        calls["n"] += 1
+        if epoch == 2 and calls["n"] > 7:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, x, y, epoch)
+
+    monkeypatch.setattr(methods_module.Learn2Perturb, "train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        fit(l2p_config(tmp_path / "resumed"), data=data)
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 2
+    monkeypatch.setattr(methods_module.Learn2Perturb, "train_step", original)
+    # ... and resumed from its last checkpoint
+    resumed = fit(l2p_config(tmp_path / "resumed", resume=True), data=data)
+
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs after resume"
+    drop_time = lambda rows: [
+        {k: v for k, v in r.items() if "time" not in k and k != "images_per_s"} for r in rows
+    ]  # noqa: E731,E501
+    assert drop_time(straight.metrics) == drop_time(resumed.metrics)
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    ck_a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    ck_b = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    for k in ("weights", "theta"):
+        sa, sb = ck_a["optimizers"][k]["state"], ck_b["optimizers"][k]["state"]
+        for i in sa:
+            assert torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"])
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path):
+    X, Y = tiny_data()
+    config = TrainConfig(
+        method="standard", dataset="embedded", epochs=1, batch_size=8, lr=0.05,
+        out=str(tmp_path), progress=False, plots=False,
+    )  # fmt: skip
+    fit(config, data=(X, Y))
+    good = (tmp_path / "last.pt").read_bytes()
+    bad_X = X.clone()
+    bad_X[20] = float("nan")  # lands in some batch of epoch 2
+    config.epochs, config.resume = 2, True
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step \d+.*last good checkpoint"):
+        fit(config, data=(bad_X, Y))
+    assert (tmp_path / "last.pt").read_bytes() == good
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+
+
+def test_checkpoint_rebuilds_model_for_eval(tmp_path):
+    config = TrainConfig(
+        method="nfgsm", pnil=True, dataset="embedded", epochs=1, batch_size=16,
+        max_steps_per_epoch=2, holdout=8, val_pgd_steps=1, out=str(tmp_path),
+        progress=False, plots=True,
+    )  # fmt: skip
+    result = fit(config, data=tiny_data())
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert ckpt["model_config"]["name"] == "small_cnn" and ckpt["model_config"]["pnil"] is True
+    for path in (tmp_path / "last.pt", tmp_path / "best.pt"):
+        model = load_model(path, "cpu")
+        assert not model.training
+        for key, value in result.model.state_dict().items():
+            if path.name == "last.pt":
+                assert torch.equal(model.state_dict()[key], value)
+    assert (tmp_path / "pnil_variance.png").stat().st_size > 0
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_model(tmp_path / "missing.pt")
+
+
+def test_cli_train_smoke(tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = cli_main(
+        [
+            "train", "--method", "learn2perturb", "--dataset", "embedded", "--train-limit", "64",
+            "--epochs", "2", "--batch-size", "16", "--max-steps-per-epoch", "2",
+            "--attack-steps", "1", "--noise-off-epochs", "1", "--out", str(out),
+            "--no-progress", "--milestones", "1", "--model-kwargs", '{"pni_mode": "layer"}',
+        ]
+    )  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "checkpoint:" in printed and str(out) in printed
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"]["weights"] for r in rows] == pytest.approx([0.1, 0.01])
+    assert rows[1]["tau"] == 1.0
+    assert (out / "theta_evolution.png").is_file()
+    assert cli_main(["train", "--list-presets"]) == 0
+    assert "l2p-cifar10-resnet20" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--method", "magic"])
