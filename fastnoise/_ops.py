@@ -54,16 +54,32 @@ def _seed_offset(rng_state: Tensor) -> tuple[int, int]:
     return seed, offset
 
 
+def _memory_format(x: Tensor) -> torch.memory_format:
+    """Outputs are channels_last when the input is, else contiguous, on every backend."""
+    if (
+        x.dim() == 4
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    ):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _empty_like(x: Tensor) -> Tensor:
+    """What the fake kernels return: x's shape, dtype, device and _memory_format."""
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
+
+
 def _storage(t: Tensor) -> int:
     return t.untyped_storage().data_ptr()
 
 
-def _fresh(out: Tensor, *inputs: Tensor) -> Tensor:
-    """Ops return contiguous tensors (what the fake kernels promise) that share memory
-    with no input; a backend may hand back views (e.g. two gradients of one buffer)."""
-    out = out.contiguous()
-    if out.numel() and any(_storage(out) == _storage(t) for t in inputs if t.numel()):
-        out = out.clone()
+def _fresh(out: Tensor, like: Tensor, *inputs: Tensor) -> Tensor:
+    """``out`` in ``like``'s memory format, sharing memory with no input (a backend may
+    hand back views, e.g. two gradients of one buffer)."""
+    out = out.contiguous(memory_format=_memory_format(like))
+    if out.numel() and any(_storage(out) == _storage(t) for t in (like, *inputs) if t.numel()):
+        out = out.clone(memory_format=_memory_format(like))
     return out
 
 
@@ -73,24 +89,24 @@ def _fresh(out: Tensor, *inputs: Tensor) -> Tensor:
 @torch.library.custom_op("fastnoise::noise_injection", mutates_args=())
 def noise_injection(x: Tensor, sigma: Tensor, rng_state: Tensor) -> Tensor:
     seed, offset = _seed_offset(rng_state)
-    return _fresh(backend_for(x.device).noise_forward(x, sigma, seed, offset), x)
+    return _fresh(backend_for(x.device).noise_forward(x, sigma, seed, offset), x, sigma)
 
 
 @noise_injection.register_fake
 def _(x: Tensor, sigma: Tensor, rng_state: Tensor) -> Tensor:
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    return _empty_like(x)
 
 
 @torch.library.custom_op("fastnoise::noise_injection_backward", mutates_args=())
 def noise_injection_backward(grad_y: Tensor, sigma: Tensor, rng_state: Tensor) -> Tensor:
     seed, offset = _seed_offset(rng_state)
     grad_sigma = backend_for(grad_y.device).noise_backward_sigma(grad_y, sigma, seed, offset)
-    return _fresh(grad_sigma, sigma)
+    return _fresh(grad_sigma, sigma, grad_y)
 
 
 @noise_injection_backward.register_fake
 def _(grad_y: Tensor, sigma: Tensor, rng_state: Tensor) -> Tensor:
-    return torch.empty(sigma.shape, dtype=sigma.dtype, device=sigma.device)
+    return _empty_like(sigma)
 
 
 def _noise_setup_context(ctx, inputs, output) -> None:
@@ -115,12 +131,14 @@ noise_injection.register_autograd(_noise_backward, setup_context=_noise_setup_co
 @torch.library.custom_op("fastnoise::pnil", mutates_args=())
 def pnil(x: Tensor, weight: Tensor, bias: Tensor, rng_state: Tensor) -> Tensor:
     seed, offset = _seed_offset(rng_state)
-    return _fresh(backend_for(x.device).pnil_forward(x, weight, bias, seed, offset), x)
+    return _fresh(
+        backend_for(x.device).pnil_forward(x, weight, bias, seed, offset), x, weight, bias
+    )
 
 
 @pnil.register_fake
 def _(x: Tensor, weight: Tensor, bias: Tensor, rng_state: Tensor) -> Tensor:
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    return _empty_like(x)
 
 
 @torch.library.custom_op("fastnoise::pnil_backward", mutates_args=())
@@ -129,18 +147,14 @@ def pnil_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     seed, offset = _seed_offset(rng_state)
     gx, gw, gb = backend_for(x.device).pnil_backward(grad_y, x, weight, bias, seed, offset)
-    gx = _fresh(gx, grad_y, x, weight, bias)
-    gw = _fresh(gw, grad_y, x, weight, bias, gx)
-    return gx, gw, _fresh(gb, grad_y, x, weight, bias, gx, gw)
+    gx = _fresh(gx, x, grad_y, weight, bias)
+    gw = _fresh(gw, weight, grad_y, x, bias, gx)
+    return gx, gw, _fresh(gb, bias, grad_y, x, weight, gx, gw)
 
 
 @pnil_backward.register_fake
 def _(grad_y: Tensor, x: Tensor, weight: Tensor, bias: Tensor, rng_state: Tensor):
-    return (
-        torch.empty(x.shape, dtype=x.dtype, device=x.device),
-        torch.empty(weight.shape, dtype=weight.dtype, device=weight.device),
-        torch.empty(bias.shape, dtype=bias.dtype, device=bias.device),
-    )
+    return _empty_like(x), _empty_like(weight), _empty_like(bias)
 
 
 def _pnil_setup_context(ctx, inputs, output) -> None:
@@ -171,7 +185,7 @@ def pgd_step(x_adv: Tensor, grad: Tensor, x_orig: Tensor, bounds: Tensor) -> Ten
 
 @pgd_step.register_fake
 def _(x_adv: Tensor, grad: Tensor, x_orig: Tensor, bounds: Tensor) -> Tensor:
-    return torch.empty(x_adv.shape, dtype=x_adv.dtype, device=x_adv.device)
+    return _empty_like(x_adv)
 
 
 @torch.library.custom_op("fastnoise::random_start", mutates_args=())
@@ -184,4 +198,4 @@ def random_start(x: Tensor, rng_state: Tensor, bounds: Tensor, project: bool) ->
 
 @random_start.register_fake
 def _(x: Tensor, rng_state: Tensor, bounds: Tensor, project: bool) -> Tensor:
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    return _empty_like(x)

@@ -2,6 +2,7 @@
 
 import triton
 import triton.language as tl
+from fastnoise.kernels.indexing import physical_offset
 from fastnoise.kernels.philox import uniform_tile
 
 
@@ -19,6 +20,7 @@ def pgd_step_kernel(
     COMPUTE_DTYPE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
+    # Elementwise without noise: any layout shared by all four tensors runs flat.
     # x' = clip_box(clip_{x0 +- eps}(x + step * sign(grad))): sign, step, both projections.
     pid = tl.program_id(0).to(tl.int64)
     index = pid * BLOCK + tl.arange(0, BLOCK)
@@ -38,6 +40,9 @@ def random_start_kernel(
     x_ptr,
     out_ptr,
     numel,
+    features,
+    hw,
+    channels,
     eps,
     clip_min,
     clip_max,
@@ -45,6 +50,7 @@ def random_start_kernel(
     seed_hi,
     offset,
     PROJECT: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -55,8 +61,9 @@ def random_start_kernel(
     index = counters[:, None] * 4 + lanes[None, :]
     mask = index < numel
     u = uniform_tile(seed_lo, seed_hi, offset + counters, lanes)
-    x = tl.load(x_ptr + index, mask=mask).to(COMPUTE_DTYPE)
+    memory = physical_offset(index, features, hw, channels, CHANNELS_LAST)
+    x = tl.load(x_ptr + memory, mask=mask).to(COMPUTE_DTYPE)
     x = x + eps * (2.0 * u - 1.0).to(COMPUTE_DTYPE)
     if PROJECT:
         x = tl.minimum(tl.maximum(x, clip_min), clip_max)
-    tl.store(out_ptr + index, x.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + memory, x.to(out_ptr.dtype.element_ty), mask=mask)

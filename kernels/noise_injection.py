@@ -7,6 +7,7 @@ with z regenerated from (seed, offset), so nothing activation-sized is saved.
 
 import triton
 import triton.language as tl
+from fastnoise.kernels.indexing import feature_offset, physical_offset
 from fastnoise.kernels.philox import normal_at, normal_tile
 
 
@@ -17,9 +18,12 @@ def noise_forward_kernel(
     y_ptr,
     numel,
     features,
+    hw,
+    channels,
     seed_lo,
     seed_hi,
     offset,
+    CHANNELS_LAST: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -30,10 +34,12 @@ def noise_forward_kernel(
     index = counters[:, None] * 4 + lanes[None, :]
     mask = index < numel
     z = normal_tile(seed_lo, seed_hi, offset + counters, lanes)
-    x = tl.load(x_ptr + index, mask=mask).to(COMPUTE_DTYPE)
+    # x and y share one layout; the noise follows the logical index either way.
+    memory = physical_offset(index, features, hw, channels, CHANNELS_LAST)
+    x = tl.load(x_ptr + memory, mask=mask).to(COMPUTE_DTYPE)
     sigma = tl.load(sigma_ptr + index % features, mask=mask)
     y = x + sigma * z.to(COMPUTE_DTYPE)
-    tl.store(y_ptr + index, y.to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + memory, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset", "rows_per_program"])
@@ -42,11 +48,14 @@ def noise_backward_sigma_kernel(
     partial_ptr,
     rows,
     features,
+    hw,
+    channels,
     rows_per_program,
     seed_lo,
     seed_hi,
     offset,
     ROWS_ALIGNED: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
     BLOCK_F: tl.constexpr,
 ):
@@ -59,6 +68,7 @@ def noise_backward_sigma_kernel(
     feature_counters = pid_f * (BLOCK_F // 4) + tl.arange(0, BLOCK_F // 4)
     feature = feature_counters[:, None] * 4 + lanes[None, :]
     feature_mask = feature < features
+    in_row = feature_offset(feature, hw, channels, CHANNELS_LAST)
     acc = tl.full((BLOCK_F // 4, 4), 0.0, COMPUTE_DTYPE)
     first_row = pid_n * rows_per_program
     for r in range(0, rows_per_program):
@@ -72,6 +82,7 @@ def noise_backward_sigma_kernel(
             )
         else:
             z = normal_at(seed_lo, seed_hi, offset, index)
-        g = tl.load(grad_y_ptr + index, mask=mask, other=0.0).to(COMPUTE_DTYPE)
+        g = tl.load(grad_y_ptr + row * features + in_row, mask=mask, other=0.0)
+        g = g.to(COMPUTE_DTYPE)
         acc += g * z.to(COMPUTE_DTYPE)
     tl.store(partial_ptr + pid_n * features + feature, acc, mask=feature_mask)

@@ -8,6 +8,7 @@ plus per-program partial sums for grad_W and grad_B in the same pass.
 
 import triton
 import triton.language as tl
+from fastnoise.kernels.indexing import feature_offset, physical_offset
 from fastnoise.kernels.philox import normal_at, normal_tile
 
 
@@ -19,9 +20,12 @@ def pnil_forward_kernel(
     y_ptr,
     numel,
     features,
+    hw,
+    channels,
     seed_lo,
     seed_hi,
     offset,
+    CHANNELS_LAST: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -32,11 +36,12 @@ def pnil_forward_kernel(
     mask = index < numel
     z = normal_tile(seed_lo, seed_hi, offset + counters, lanes).to(COMPUTE_DTYPE)
     feature = index % features
-    x = tl.load(x_ptr + index, mask=mask).to(COMPUTE_DTYPE)
+    memory = physical_offset(index, features, hw, channels, CHANNELS_LAST)
+    x = tl.load(x_ptr + memory, mask=mask).to(COMPUTE_DTYPE)
     weight = tl.load(weight_ptr + feature, mask=mask)
     bias = tl.load(bias_ptr + feature, mask=mask)
     y = x + z * tl.exp((x * weight + bias) * 0.5)  # Eq. (2)-(3)
-    tl.store(y_ptr + index, y.to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + memory, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset", "rows_per_program"])
@@ -50,11 +55,14 @@ def pnil_backward_kernel(
     partial_b_ptr,
     rows,
     features,
+    hw,
+    channels,
     rows_per_program,
     seed_lo,
     seed_hi,
     offset,
     ROWS_ALIGNED: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
     BLOCK_F: tl.constexpr,
 ):
@@ -65,6 +73,7 @@ def pnil_backward_kernel(
     feature_counters = pid_f * (BLOCK_F // 4) + tl.arange(0, BLOCK_F // 4)
     feature = feature_counters[:, None] * 4 + lanes[None, :]
     feature_mask = feature < features
+    in_row = feature_offset(feature, hw, channels, CHANNELS_LAST)
     weight = tl.load(weight_ptr + feature, mask=feature_mask, other=0.0)
     bias = tl.load(bias_ptr + feature, mask=feature_mask, other=0.0)
     acc_w = tl.full((BLOCK_F // 4, 4), 0.0, COMPUTE_DTYPE)
@@ -80,13 +89,13 @@ def pnil_backward_kernel(
             )
         else:
             z = normal_at(seed_lo, seed_hi, offset, index)
-        g = tl.load(grad_y_ptr + index, mask=mask, other=0.0).to(COMPUTE_DTYPE)
-        x = tl.load(x_ptr + index, mask=mask, other=0.0).to(COMPUTE_DTYPE)
+        memory = row * features + in_row  # grad_y, x and grad_x share one layout
+        g = tl.load(grad_y_ptr + memory, mask=mask, other=0.0).to(COMPUTE_DTYPE)
+        x = tl.load(x_ptr + memory, mask=mask, other=0.0).to(COMPUTE_DTYPE)
         # dy/dSigma = z * exp(Sigma / 2) / 2; dSigma/dx = W, dSigma/dW = x, dSigma/dB = 1.
         g_sigma = g * (0.5 * z.to(COMPUTE_DTYPE) * tl.exp((x * weight + bias) * 0.5))
-        tl.store(
-            grad_x_ptr + index, (g + g_sigma * weight).to(grad_x_ptr.dtype.element_ty), mask=mask
-        )
+        grad_x = (g + g_sigma * weight).to(grad_x_ptr.dtype.element_ty)
+        tl.store(grad_x_ptr + memory, grad_x, mask=mask)
         acc_w += g_sigma * x
         acc_b += g_sigma
     tl.store(partial_w_ptr + pid_n * features + feature, acc_w, mask=feature_mask)

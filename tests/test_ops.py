@@ -45,6 +45,19 @@ def test_opcheck_every_op(backend):
         torch.library.opcheck(op, args)
 
 
+def test_opcheck_channels_last(backend):
+    x = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    sigma, weight, bias = torch.rand(3, 1, 1), torch.randn(3, 4, 5), torch.randn(5)
+    state = _ops.make_rng_state(5, 9)
+    for op, args in [
+        (_ops.noise_injection, (x.requires_grad_(), sigma, state)),
+        (_ops.pnil, (x, weight, bias, state)),
+        (_ops.random_start, (x.detach(), state, _ops.make_bounds(0.0, 0.1, 0.0, 1.0), False)),
+    ]:
+        torch.library.opcheck(op, args)
+        assert op(*args).is_contiguous(memory_format=torch.channels_last)
+
+
 def test_gradcheck_float64(backend):
     x, sigma, weight, bias = _inputs(dtype=torch.float64)
     state = _ops.make_rng_state(123, 4)

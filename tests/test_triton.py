@@ -294,3 +294,40 @@ def test_gradcheck_float64(device, tb):
         assert torch.autograd.gradcheck(
             lambda a, w, b: _ops.pnil(a, w, b, state), (x, weight, bias), atol=1e-5
         )
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (3, 8, 4, 4)])  # rows off / on counter boundaries
+def test_channels_last_runs_in_place(tb, device, shape):
+    x = _make(shape, torch.float32, device, "channels_last")
+    sigma, weight = torch.rand(shape[1], 1, 1, device=device), torch.randn(shape[1:], device=device)
+    bias = torch.randn(shape[-1], device=device)
+    grad = torch.randn(shape, device=device)  # contiguous while x is channels_last
+    cases = [
+        (tb.noise_forward(x, sigma, 8, 1), ref.noise_forward(x, sigma, 8, 1)),
+        (tb.pnil_forward(x, weight, bias, 8, 1), ref.pnil_forward(x, weight, bias, 8, 1)),
+        (
+            tb.pnil_backward(grad, x, weight, bias, 8, 1)[0],
+            ref.pnil_backward(grad, x, weight, bias, 8, 1)[0],
+        ),
+        (
+            tb.random_start(x, 0.1, 8, 1, 0.0, 1.0, True),
+            ref.random_start(x, 0.1, 8, 1, 0.0, 1.0, True),
+        ),
+        (
+            tb.pgd_step(x, grad, x, 0.1, 0.2, -1.0, 1.0),
+            ref.pgd_step(x, grad, x, 0.1, 0.2, -1.0, 1.0),
+        ),
+    ]
+    for got, expected in cases:
+        assert got.is_contiguous(memory_format=torch.channels_last)  # no copy to NCHW
+        _close(got, expected)
+    grad_cl = grad.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(
+        tb.noise_backward_sigma(grad_cl, sigma, 8, 1),
+        ref.noise_backward_sigma(grad, sigma, 8, 1),
+        atol=1e-4,
+        rtol=1e-5,
+    )
+    got_w = tb.pnil_backward(grad_cl, x, weight, bias, 8, 1)[1]
+    expected_w = ref.pnil_backward(grad, x, weight, bias, 8, 1)[1]
+    torch.testing.assert_close(got_w, expected_w, atol=1e-4, rtol=1e-5)

@@ -5,8 +5,9 @@ Runs CUDA tensors. Under ``TRITON_INTERPRET=1`` (set before the kernels are impo
 it also runs CPU tensors through Triton's interpreter: that is how the kernels are
 tested without a GPU, and it is the only case in which ``supports(cpu)`` is True.
 
-Strided inputs are made contiguous in logical (row-major) order first, so noise element
-``i`` is always the logical index; a channels_last input costs one extra copy.
+Noise element ``i`` is always the logical (row-major) index. Contiguous and 4-D
+channels_last tensors are read and written in place (outputs keep the input's memory
+format); any other strides are first copied to contiguous.
 """
 
 from __future__ import annotations
@@ -76,6 +77,26 @@ def _compute_torch_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return (
+        x.dim() == 4
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    )
+
+
+def _in_layout(x: torch.Tensor, *others: torch.Tensor) -> tuple[list[torch.Tensor], dict]:
+    """``x`` and ``others`` in one layout the kernels read in place, and its kernel args.
+
+    channels_last when ``x`` is (the others follow it), else contiguous.
+    """
+    if _is_channels_last(x):
+        tensors = [t.contiguous(memory_format=torch.channels_last) for t in (x, *others)]
+        _, channels, height, width = x.shape
+        return tensors, dict(hw=height * width, channels=channels, CHANNELS_LAST=True)
+    return [t.contiguous() for t in (x, *others)], dict(hw=1, channels=1, CHANNELS_LAST=False)
+
+
 def _rows_features(x: torch.Tensor) -> tuple[int, int]:
     rows = x.shape[0]
     return rows, math.prod(x.shape[1:])
@@ -84,7 +105,7 @@ def _rows_features(x: torch.Tensor) -> tuple[int, int]:
 def noise_forward(x: torch.Tensor, sigma: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
     """Learn2Perturb Eq. (4)-(5): y = x + sigma * z in one pass."""
     launch, noise_injection, _, _ = _kernels()
-    x = x.contiguous()
+    (x,), layout = _in_layout(x)
     y = torch.empty_like(x)
     if x.numel() == 0:
         return y
@@ -94,7 +115,8 @@ def noise_forward(x: torch.Tensor, sigma: torch.Tensor, seed: int, offset: int) 
     seed_lo, seed_hi = launch.split_seed(seed)
     grid = (math.ceil(x.numel() / block),)
     noise_injection.noise_forward_kernel[grid](
-        x, sigma_f, y, x.numel(), features, seed_lo, seed_hi, offset,
+        x, sigma_f, y, x.numel(), features, layout["hw"], layout["channels"],
+        seed_lo, seed_hi, offset, CHANNELS_LAST=layout["CHANNELS_LAST"],
         COMPUTE_DTYPE=launch.compute_dtype(x.dtype), BLOCK=block, num_warps=launch.num_warps(),
     )  # fmt: skip
     return y
@@ -105,7 +127,7 @@ def noise_backward_sigma(
 ) -> torch.Tensor:
     """d loss / d sigma = sum_n grad_y * z, z regenerated in-kernel (Eq. (4)-(5))."""
     launch, noise_injection, _, _ = _kernels()
-    grad_y = grad_y.contiguous()
+    (grad_y,), layout = _in_layout(grad_y)
     rows, features = _rows_features(grad_y)
     acc_dtype = _compute_torch_dtype(grad_y.dtype)
     if grad_y.numel() == 0:
@@ -115,8 +137,9 @@ def noise_backward_sigma(
     seed_lo, seed_hi = launch.split_seed(seed)
     grid = (math.ceil(features / block_f), chunks)
     noise_injection.noise_backward_sigma_kernel[grid](
-        grad_y, partial, rows, features, rows_per_chunk, seed_lo, seed_hi, offset,
-        ROWS_ALIGNED=features % 4 == 0, COMPUTE_DTYPE=launch.compute_dtype(grad_y.dtype),
+        grad_y, partial, rows, features, layout["hw"], layout["channels"], rows_per_chunk,
+        seed_lo, seed_hi, offset, ROWS_ALIGNED=features % 4 == 0,
+        CHANNELS_LAST=layout["CHANNELS_LAST"], COMPUTE_DTYPE=launch.compute_dtype(grad_y.dtype),
         BLOCK_F=block_f, num_warps=launch.num_warps(),
     )  # fmt: skip
     full = partial.sum(dim=0).view(1, *grad_y.shape[1:])
@@ -128,7 +151,7 @@ def pnil_forward(
 ) -> torch.Tensor:
     """PNIL Eq. (2)-(3): y = x + z * exp((x * W + B) / 2) in one pass."""
     launch, _, pnil, _ = _kernels()
-    x = x.contiguous()
+    (x,), layout = _in_layout(x)
     y = torch.empty_like(x)
     if x.numel() == 0:
         return y
@@ -140,7 +163,8 @@ def pnil_forward(
     seed_lo, seed_hi = launch.split_seed(seed)
     grid = (math.ceil(x.numel() / block),)
     pnil.pnil_forward_kernel[grid](
-        x, weight_f, bias_f, y, x.numel(), features, seed_lo, seed_hi, offset,
+        x, weight_f, bias_f, y, x.numel(), features, layout["hw"], layout["channels"],
+        seed_lo, seed_hi, offset, CHANNELS_LAST=layout["CHANNELS_LAST"],
         COMPUTE_DTYPE=launch.compute_dtype(x.dtype), BLOCK=block, num_warps=launch.num_warps(),
     )  # fmt: skip
     return y
@@ -156,8 +180,7 @@ def pnil_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of PNIL for x, W and B in one pass over (grad_y, x), z regenerated."""
     launch, _, pnil, _ = _kernels()
-    x = x.contiguous()
-    grad_y = grad_y.to(x.dtype).contiguous()
+    (x, grad_y), layout = _in_layout(x, grad_y.to(x.dtype))
     grad_x = torch.empty_like(x)
     if x.numel() == 0:
         return grad_x, torch.zeros_like(weight), torch.zeros_like(bias)
@@ -172,8 +195,9 @@ def pnil_backward(
     grid = (math.ceil(features / block_f), chunks)
     pnil.pnil_backward_kernel[grid](
         grad_y, x, weight_f, bias_f, grad_x, partial_w, partial_b,
-        rows, features, rows_per_chunk, seed_lo, seed_hi, offset,
-        ROWS_ALIGNED=features % 4 == 0, COMPUTE_DTYPE=launch.compute_dtype(x.dtype),
+        rows, features, layout["hw"], layout["channels"], rows_per_chunk,
+        seed_lo, seed_hi, offset, ROWS_ALIGNED=features % 4 == 0,
+        CHANNELS_LAST=layout["CHANNELS_LAST"], COMPUTE_DTYPE=launch.compute_dtype(x.dtype),
         BLOCK_F=block_f, num_warps=launch.num_warps(),
     )  # fmt: skip
     sample = x.shape[1:]
@@ -193,14 +217,14 @@ def pgd_step(
 ) -> torch.Tensor:
     """One L-inf PGD iterate (sign, step, eps-ball, box) in one pass."""
     launch, _, _, attack_step = _kernels()
-    x_adv = x_adv.contiguous()
+    (x_adv, grad, x_orig), _ = _in_layout(x_adv, grad, x_orig)  # no noise: runs flat
     out = torch.empty_like(x_adv)
     if x_adv.numel() == 0:
         return out
     block = launch.elementwise_block(x_adv.numel())
     grid = (math.ceil(x_adv.numel() / block),)
     attack_step.pgd_step_kernel[grid](
-        x_adv, grad.contiguous(), x_orig.contiguous(), out, x_adv.numel(),
+        x_adv, grad, x_orig, out, x_adv.numel(),
         float(step_size), float(eps), float(clip_min), float(clip_max),
         COMPUTE_DTYPE=launch.compute_dtype(x_adv.dtype), BLOCK=block,
         num_warps=launch.num_warps(),
@@ -219,7 +243,7 @@ def random_start(
 ) -> torch.Tensor:
     """x + eps * (2u - 1), optionally clipped to the box, in one pass."""
     launch, _, _, attack_step = _kernels()
-    x = x.contiguous()
+    (x,), layout = _in_layout(x)
     out = torch.empty_like(x)
     if x.numel() == 0:
         return out
@@ -227,8 +251,9 @@ def random_start(
     seed_lo, seed_hi = launch.split_seed(seed)
     grid = (math.ceil(x.numel() / block),)
     attack_step.random_start_kernel[grid](
-        x, out, x.numel(), float(eps), float(clip_min), float(clip_max),
-        seed_lo, seed_hi, offset, PROJECT=bool(project),
+        x, out, x.numel(), math.prod(x.shape[1:]), layout["hw"], layout["channels"],
+        float(eps), float(clip_min), float(clip_max), seed_lo, seed_hi, offset,
+        PROJECT=bool(project), CHANNELS_LAST=layout["CHANNELS_LAST"],
         COMPUTE_DTYPE=launch.compute_dtype(x.dtype), BLOCK=block, num_warps=launch.num_warps(),
     )  # fmt: skip
     return out
