@@ -40,7 +40,7 @@ def _extension_modules() -> dict:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")  # see _extension.DEFAULT_CUDA_ARCH
         extension = CUDAExtension(
             "fastnoise._C",
-            sources + sorted(glob.glob("csrc/cuda/*.cu")),
+            sources + sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp")),
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
             extra_link_args=["-fopenmp"],
         )

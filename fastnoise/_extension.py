@@ -71,8 +71,8 @@ def source_files(with_cuda: bool) -> list[Path]:
     the CUDA kernels."""
     root = _csrc_dir()
     sources = [root / "ops.cpp", *sorted((root / "cpu").glob("*.cpp"))]
-    if with_cuda:
-        sources += sorted((root / "cuda").glob("*.cu"))
+    if with_cuda:  # kernels (.cu, nvcc) and their ATen-side registration (.cpp, host compiler)
+        sources += sorted((root / "cuda").glob("*.cu")) + sorted((root / "cuda").glob("*.cpp"))
     return sources
 
 

@@ -1,0 +1,185 @@
+// The CUDA implementations of the fastnoise_C ops, host side: argument checks, logical
+// (contiguous) layout, per-feature parameters and output allocation with ATen, then the
+// raw-pointer launchers of kernels.h. Compiled by the host compiler, so nvcc never
+// parses ATen's headers.
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <limits>
+#include <tuple>
+
+#include "../common.h"
+#include "kernels.h"
+
+namespace fastnoise {
+namespace cuda {
+namespace {
+
+Storage storage_of(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat:
+      return Storage::kFloat32;
+    case at::kDouble:
+      return Storage::kFloat64;
+    case at::kHalf:
+      return Storage::kFloat16;
+    case at::kBFloat16:
+      return Storage::kBFloat16;
+    default:
+      TORCH_CHECK_TYPE(false, "fastnoise CUDA kernels take float16, bfloat16, float32 or "
+                              "float64 tensors, got ", t.scalar_type());
+  }
+}
+
+Launch current_launch() {
+  int sm_count = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount,
+                                        c10::cuda::current_device()));
+  return {c10::cuda::getCurrentCUDAStream(), sm_count};
+}
+
+at::Tensor noise_forward(const at::Tensor& x_in, const at::Tensor& sigma_in, int64_t seed,
+                         int64_t offset) {
+  check_floating(x_in, "x");
+  check_seed_offset(seed, offset);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous();  // noise follows the logical (row-major) order
+  const at::Tensor sigma = per_sample(sigma_in, x, "sigma");
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  if (x.numel() == 0) return y;
+  launch_noise_forward(current_launch(), storage_of(x), x.const_data_ptr(),
+                       sigma.const_data_ptr(), y.mutable_data_ptr(), x.numel(), feature_numel(x),
+                       seed, offset);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return y;
+}
+
+at::Tensor noise_backward_sigma(const at::Tensor& grad_in, const at::Tensor& sigma, int64_t seed,
+                                int64_t offset) {
+  check_floating(grad_in, "grad_y");
+  check_seed_offset(seed, offset);
+  const c10::cuda::CUDAGuard guard(grad_in.device());
+  const at::Tensor grad = grad_in.contiguous();
+  per_sample(sigma, grad, "sigma");  // validates sigma against one sample
+  if (grad.numel() == 0) return at::zeros(sigma.sizes(), sigma.options());
+  const int64_t features = feature_numel(grad);
+  at::Tensor sums = at::zeros({features}, grad.options().dtype(opmath_type(grad)));
+  launch_noise_backward_sigma(current_launch(), storage_of(grad), grad.const_data_ptr(),
+                              sums.mutable_data_ptr(), grad.numel(), features, seed, offset);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return reduce_to_param(sums, grad, sigma);
+}
+
+at::Tensor pnil_forward(const at::Tensor& x_in, const at::Tensor& weight_in,
+                        const at::Tensor& bias_in, int64_t seed, int64_t offset) {
+  check_floating(x_in, "x");
+  check_seed_offset(seed, offset);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor weight = per_sample(weight_in, x, "weight");
+  const at::Tensor bias = per_sample(bias_in, x, "bias");
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  if (x.numel() == 0) return y;
+  launch_pnil_forward(current_launch(), storage_of(x), x.const_data_ptr(),
+                      weight.const_data_ptr(), bias.const_data_ptr(), y.mutable_data_ptr(),
+                      x.numel(), feature_numel(x), seed, offset);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pnil_backward(
+    const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& weight_in,
+    const at::Tensor& bias_in, int64_t seed, int64_t offset) {
+  check_floating(grad_in, "grad_y");
+  check_floating(x_in, "x");
+  check_seed_offset(seed, offset);
+  TORCH_CHECK_VALUE(grad_in.sizes() == x_in.sizes(), "grad_y must have the shape of x ",
+                    x_in.sizes(), ", got ", grad_in.sizes());
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor grad = grad_in.contiguous().to(x_in.scalar_type());
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor weight = per_sample(weight_in, x, "weight");
+  const at::Tensor bias = per_sample(bias_in, x, "bias");
+  at::Tensor grad_x = at::empty(x.sizes(), x.options());
+  if (x.numel() == 0) {
+    return {grad_x, at::zeros(weight_in.sizes(), weight_in.options()),
+            at::zeros(bias_in.sizes(), bias_in.options())};
+  }
+  const int64_t features = feature_numel(x);
+  at::Tensor sums = at::zeros({2, features}, x.options().dtype(opmath_type(x)));
+  launch_pnil_backward(current_launch(), storage_of(x), grad.const_data_ptr(), x.const_data_ptr(),
+                       weight.const_data_ptr(), bias.const_data_ptr(), grad_x.mutable_data_ptr(),
+                       sums[0].mutable_data_ptr(), sums[1].mutable_data_ptr(), x.numel(),
+                       features, seed, offset);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {grad_x, reduce_to_param(sums[0], x, weight_in), reduce_to_param(sums[1], x, bias_in)};
+}
+
+at::Tensor pgd_step(const at::Tensor& x_adv_in, const at::Tensor& grad_in,
+                    const at::Tensor& x_orig_in, double step_size, double eps, double clip_min,
+                    double clip_max) {
+  check_floating(x_adv_in, "x_adv");
+  TORCH_CHECK_VALUE(
+      grad_in.sizes() == x_adv_in.sizes() && x_orig_in.sizes() == x_adv_in.sizes(),
+      "grad and x_orig must have the shape of x_adv ", x_adv_in.sizes());
+  const c10::cuda::CUDAGuard guard(x_adv_in.device());
+  const at::Tensor x_adv = x_adv_in.contiguous();
+  const at::Tensor grad = grad_in.contiguous().to(x_adv.scalar_type());
+  const at::Tensor x_orig = x_orig_in.contiguous().to(x_adv.scalar_type());
+  at::Tensor out = at::empty(x_adv.sizes(), x_adv.options());
+  if (x_adv.numel() == 0) return out;
+  launch_pgd_step(current_launch(), storage_of(x_adv), x_adv.const_data_ptr(),
+                  grad.const_data_ptr(), x_orig.const_data_ptr(), out.mutable_data_ptr(),
+                  x_adv.numel(), step_size, eps, clip_min, clip_max);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+at::Tensor random_start(const at::Tensor& x_in, double eps, int64_t seed, int64_t offset,
+                        double clip_min, double clip_max, bool project) {
+  check_floating(x_in, "x");
+  check_seed_offset(seed, offset);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous();
+  at::Tensor out = at::empty(x.sizes(), x.options());
+  if (x.numel() == 0) return out;
+  const double inf = std::numeric_limits<double>::infinity();
+  launch_random_start(current_launch(), storage_of(x), x.const_data_ptr(), out.mutable_data_ptr(),
+                      x.numel(), eps, project ? clip_min : -inf, project ? clip_max : inf, seed,
+                      offset);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+at::Tensor philox_words(const at::Tensor& counters_in, int64_t seed) {
+  TORCH_CHECK_TYPE(counters_in.scalar_type() == at::kLong, "counters must be int64, got ",
+                   counters_in.scalar_type());
+  check_seed_offset(seed, 0);
+  const c10::cuda::CUDAGuard guard(counters_in.device());
+  const at::Tensor counters = counters_in.contiguous().view(-1);
+  at::Tensor words = at::empty({counters.numel(), 4}, counters.options());
+  if (counters.numel() == 0) return words;
+  launch_philox_words(current_launch(), counters.const_data_ptr<int64_t>(),
+                      words.mutable_data_ptr<int64_t>(), counters.numel(), seed);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return words;
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace fastnoise
+
+TORCH_LIBRARY_IMPL(fastnoise_C, CUDA, m) {
+  m.impl("noise_forward", &fastnoise::cuda::noise_forward);
+  m.impl("noise_backward_sigma", &fastnoise::cuda::noise_backward_sigma);
+  m.impl("pnil_forward", &fastnoise::cuda::pnil_forward);
+  m.impl("pnil_backward", &fastnoise::cuda::pnil_backward);
+  m.impl("pgd_step", &fastnoise::cuda::pgd_step);
+  m.impl("random_start", &fastnoise::cuda::random_start);
+  m.impl("philox_words", &fastnoise::cuda::philox_words);
+}
