@@ -300,3 +300,17 @@ def test_noisy_model_traces_under_torch_compile_without_graph_breaks():
     torch.testing.assert_close(y, model(x))
     y.sum().backward()
     assert all(p.grad is not None for p in M.noise_parameters(model))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("noise", ["l2p", "pni", "pni-w"])
+def test_noisy_model_trains_on_cuda(noise):
+    model = M.resnet_v1(20, noise=noise, pnil=True).cuda()
+    x = torch.rand(8, 3, 32, 32, device="cuda")
+    logits = model(x)
+    assert logits.device.type == "cuda" and torch.isfinite(logits).all()
+    F.cross_entropy(logits, torch.arange(8, device="cuda")).backward()
+    for p in M.noise_parameters(model):
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+    with torch.no_grad():
+        assert not torch.equal(model.eval()(x), model(x))

@@ -227,6 +227,19 @@ def test_pni_forward_has_no_host_sync():
     assert isinstance(sigma, torch.Tensor) and sigma.requires_grad
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_pni_noise_std_does_not_synchronize_cuda():
+    layer = fnn.ParametricNoiseInjection("channel", channels=3).cuda()
+    x = torch.randn(4, 3, 8, 8, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        sigma = layer.noise_std(x)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.testing.assert_close(sigma.flatten(), 0.25 * x.std(correction=0).expand(3))
+
+
 def test_pni_injects_in_eval_mode_and_can_be_disabled():
     layer = fnn.ParametricNoiseInjection().eval()
     x = torch.randn(2, 3, 4, 4)
