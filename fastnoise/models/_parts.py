@@ -63,7 +63,8 @@ def default_stats(
 class ImageClassifier(nn.Module):
     """Base for the models: [0, 1] images of a fixed size -> (PNIL) -> Normalize -> body.
 
-    Subclasses build ``self.body``-like layers and implement :meth:`features_to_logits`.
+    Subclasses build their layers and implement :meth:`classify` (normalized images to
+    logits); this base checks the input shape and applies PNIL and Normalize first.
     """
 
     def __init__(
@@ -97,7 +98,7 @@ class ImageClassifier(nn.Module):
         return self.classify(self.normalize(self.pnil(x)))
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement classify()")
 
 
 def halved(size: int) -> int:
