@@ -16,6 +16,7 @@ GPU_NUM_WARPS = 4
 # Reductions over the batch: 1024 features per program, about 4 programs per SM.
 GPU_BLOCK_F = 1024
 PROGRAMS_PER_SM = 4
+MIN_ROWS_PER_PROGRAM = 8  # keeps the fp32 partial sums at most 1/8 of the activation
 # The interpreter runs each program as numpy code: few, large programs are fastest.
 INTERPRETER_MAX_BLOCK = 1 << 16
 
@@ -59,7 +60,9 @@ def reduction_grid(rows: int, features: int, device: torch.device) -> tuple[int,
     block_f = GPU_BLOCK_F
     feature_blocks = triton.cdiv(features, block_f)
     target = PROGRAMS_PER_SM * _sm_count(device.index or 0)
-    chunks = max(1, min(rows, triton.cdiv(target, feature_blocks), triton.cdiv(rows, 4)))
+    chunks = max(
+        1, min(rows, triton.cdiv(target, feature_blocks), triton.cdiv(rows, MIN_ROWS_PER_PROGRAM))
+    )
     rows_per_chunk = triton.cdiv(rows, chunks)
     return block_f, triton.cdiv(rows, rows_per_chunk), rows_per_chunk
 

@@ -10,13 +10,14 @@ between releases. The layout is :mod:`fastnoise.rng`'s: element ``i`` uses count
 import triton
 import triton.language as tl
 
-_KEY_A: tl.constexpr = 0x9E3779B9
-_KEY_B: tl.constexpr = 0xBB67AE85
-_ROUND_A: tl.constexpr = 0xD2511F53
-_ROUND_B: tl.constexpr = 0xCD9E8D57
-_UINT32_TO_UNIFORM_SCALE: tl.constexpr = 4.6566127342e-10  # tl.rand's scale, ~2**-31
-_MIN_UNIFORM_FOR_LOG: tl.constexpr = 1.0e-7  # Box-Muller clamps u1 before log
-_TWO_PI: tl.constexpr = 6.283185307179586
+# Kernels may only read globals that are tl.constexpr instances (not annotations).
+_KEY_A = tl.constexpr(0x9E3779B9)
+_KEY_B = tl.constexpr(0xBB67AE85)
+_ROUND_A = tl.constexpr(0xD2511F53)
+_ROUND_B = tl.constexpr(0xCD9E8D57)
+_UINT32_TO_UNIFORM_SCALE = tl.constexpr(4.6566127342e-10)  # tl.rand's scale, ~2**-31
+_MIN_UNIFORM_FOR_LOG = tl.constexpr(1.0e-7)  # Box-Muller clamps u1 before log
+_TWO_PI = tl.constexpr(6.283185307179586)
 
 
 @triton.jit
