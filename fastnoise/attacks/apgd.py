@@ -30,7 +30,8 @@ def apgd_checkpoints(steps: int) -> list[int]:
     p = [0.0, 0.22]
     while p[-1] < 1.0:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    points = sorted({math.ceil(q * steps) for q in p if q <= 1.0})
+    # Rounding first keeps float noise (0.57 * 100 = 57.00000000000001) out of ceil.
+    points = sorted({math.ceil(round(q * steps, 9)) for q in p if q <= 1.0})
     return [w for w in points if 0 < w < steps]
 
 
