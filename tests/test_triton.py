@@ -281,6 +281,36 @@ def test_functional_api_runs_triton(device, tb):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
 
 
+def test_functional_attack_and_pnil_run_triton(device, tb):
+    import fastnoise
+
+    x = torch.rand(3, 2, 5, 5, device=device)
+    weight = torch.full((2, 5, 5), 0.1, device=device)
+    bias = torch.zeros(5, device=device)
+    results = {}
+    for name in ("triton", "torch"):
+        with use_backend(name):
+            y = fastnoise.pnil(x, weight, bias, seed=3)
+            start = fastnoise.random_start(x, 0.03, seed=4, offset=2**33)
+            step = fastnoise.pgd_step(start, y - x, x, 0.01, 0.03)
+            results[name] = (y, start, step)
+    for a, b in zip(results["triton"], results["torch"], strict=True):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-6)
+
+
+def test_reduction_grid_on_gpu_sizes(tb, monkeypatch):
+    from fastnoise.kernels import launch
+
+    monkeypatch.setattr(launch, "interpreting", lambda: False)
+    monkeypatch.setattr(launch, "_sm_count", lambda index: 132)  # an H100
+    cuda = torch.device("cuda", 0)
+    for rows, features in [(128, 16 * 32 * 32), (128, 64 * 8 * 8), (3, 10), (1000, 7)]:
+        block_f, chunks, rows_per_chunk = launch.reduction_grid(rows, features, cuda)
+        assert block_f == launch.GPU_BLOCK_F
+        assert (chunks - 1) * rows_per_chunk < rows <= chunks * rows_per_chunk  # every row once
+        assert chunks <= max(1, rows // launch.MIN_ROWS_PER_PROGRAM + 1)  # small partial sums
+
+
 def test_gradcheck_float64(device, tb):
     from fastnoise import _ops
 
