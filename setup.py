@@ -29,7 +29,7 @@ def _extension_modules() -> dict:
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
     # Same flags as the JIT build (fastnoise/_extension.py).
-    cxx_flags = ["-O3", "-fno-math-errno", "-fopenmp"]
+    cxx_flags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
     sources = ["csrc/ops.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
     with_cuda = os.environ.get("FASTNOISE_BUILD_CUDA")
     if with_cuda is None or with_cuda == "":

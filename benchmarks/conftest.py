@@ -7,6 +7,7 @@ pyproject's testpaths is ``tests``).
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 import time
@@ -125,9 +126,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     write("")
     cpu = platform.processor() or platform.machine()
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     write(
         f"fastnoise benchmarks: torch {torch.__version__}, {cpu}, "
-        f"{torch.get_num_threads()} threads{gpu}"
+        f"{torch.get_num_threads()} threads{gpu}, load average {load:.1f} on {os.cpu_count()} CPUs"
     )
     try:
         from fastnoise import _extension

@@ -3,6 +3,9 @@
 // without -march flags runs on any x86-64 and still uses 8-wide vectors where it can.
 #include "random_tiles.h"
 
+#include <cstdlib>
+#include <cstring>
+
 #include "../philox.h"
 #include "random_tiles_avx2.h"
 
@@ -69,8 +72,12 @@ struct TileFunctions {
   TileFn uniform = uniform_tile_generic;
   const char* isa = "generic";
   TileFunctions() {
+    // FASTNOISE_CPU_ISA=generic forces the portable path (tests check both paths).
+    const char* forced = std::getenv("FASTNOISE_CPU_ISA");
+    const bool force_generic = forced != nullptr && std::strcmp(forced, "generic") == 0;
+    (void)force_generic;
 #if defined(FASTNOISE_HAVE_AVX2_TILES)
-    if (cpu_has_avx2()) {
+    if (!force_generic && cpu_has_avx2()) {
       normal = avx2::normal_tile;
       uniform = avx2::uniform_tile;
       isa = "avx2";

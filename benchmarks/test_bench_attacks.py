@@ -1,0 +1,111 @@
+"""Attack throughput on the CPU: batched EOT vs the Python loop of draws, and SPSA /
+the pixel attack on a whole batch vs image by image.
+
+The model is the PNIL paper's small MNIST CNN with Learn2Perturb noise after each
+convolution (``fastnoise.models.small_cnn(noise="l2p")``), so every forward draws
+fresh noise: the workload EOT exists for. Both sides of each comparison run the same
+number of model rows; only the batching differs.
+
+Run: ``pytest benchmarks/test_bench_attacks.py --benchmark-only`` (a few minutes on
+2 CPU cores). A readable table is printed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from fastnoise.attacks import SPSA, FewPixel, eot_gradient, sequential_eot_gradient
+from fastnoise.attacks._losses import cross_entropy
+
+BATCH = 8  # images per EOT gradient
+SPSA_CONFIG = dict(eps=0.1, steps=2, samples=64, early_stop=False)
+PIXEL_CONFIG = dict(pixels=1, population=64, iterations=3, early_stop=False)
+GRADIENT_FREE_IMAGES = 8
+
+_ROWS: list[tuple[str, str, str, float, float]] = []  # workload, approach, size, median s, rate
+
+
+def _model() -> torch.nn.Module:
+    from fastnoise.models import small_cnn
+
+    torch.manual_seed(0)
+    return small_cnn(noise="l2p").eval()
+
+
+def _images(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def _time(benchmark, fn, rounds: int) -> float:
+    benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1, iterations=1)
+    return benchmark.stats.stats.median
+
+
+@pytest.fixture(scope="module", autouse=True)
+def summary_table(request):
+    yield
+    if not _ROWS:
+        return
+    lines = [
+        "",
+        f"attack benchmarks: torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
+        f"{'workload':<22}{'approach':<16}{'size':<16}{'median ms':>11}{'rate':>16}{'speed-up':>10}",
+    ]
+    lines.append("-" * len(lines[-1]))
+    baseline = {w: t for w, a, _, t, _ in _ROWS if a in ("sequential", "image-by-image")}
+    for workload, approach, size, median, rate in _ROWS:
+        base = baseline.get(workload)
+        speedup = f"{base / median:.2f}x" if base and approach != "sequential" else "-"
+        lines.append(
+            f"{workload:<22}{approach:<16}{size:<16}{median * 1e3:>11.1f}{rate:>16.1f}{speedup:>10}"
+        )
+    lines.append("rate: EOT copies (image x draw) per second, or images per second.")
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print("\n".join(lines))
+
+
+@pytest.mark.parametrize("copies", [16, 80])
+@pytest.mark.parametrize("approach", ["sequential", "batched"])
+def test_eot_gradient(benchmark, approach, copies):
+    model = _model()
+    x, y = _images(BATCH)
+    if approach == "batched":
+        fn = lambda: eot_gradient(model, cross_entropy, x, y, copies)
+    else:
+        fn = lambda: sequential_eot_gradient(model, cross_entropy, x, y, copies)
+    benchmark.group = f"EOT gradient L={copies}"
+    median = _time(benchmark, fn, rounds=5 if copies == 16 else 3)
+    _ROWS.append(
+        (f"EOT grad L={copies}", approach, f"B={BATCH}", median, BATCH * copies / median)
+    )
+
+
+def _gradient_free(benchmark, name, make, approach):
+    model = _model()
+    x, y = _images(GRADIENT_FREE_IMAGES)
+    attack = make(model)
+    if approach == "batched":
+        fn = lambda: attack(x, y)
+    else:
+        fn = lambda: [attack(x[i : i + 1], y[i : i + 1]) for i in range(x.shape[0])]
+    benchmark.group = name
+    median = _time(benchmark, fn, rounds=3)
+    _ROWS.append((name, approach, f"N={x.shape[0]}", median, x.shape[0] / median))
+
+
+@pytest.mark.parametrize("approach", ["image-by-image", "batched"])
+def test_spsa_throughput(benchmark, approach):
+    make = lambda model: SPSA(model, **SPSA_CONFIG)
+    _gradient_free(benchmark, "SPSA 2x64 samples", make, approach)
+
+
+@pytest.mark.parametrize("approach", ["image-by-image", "batched"])
+def test_pixel_throughput(benchmark, approach):
+    make = lambda model: FewPixel(model, **PIXEL_CONFIG)
+    _gradient_free(benchmark, "pixel DE 64x3 gens", make, approach)
