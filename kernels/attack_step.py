@@ -2,7 +2,7 @@
 
 import triton
 import triton.language as tl
-from fastnoise.kernels.indexing import physical_offset
+from fastnoise.kernels.indexing import block_addresses
 from fastnoise.kernels.philox import uniform_tile
 
 
@@ -55,13 +55,13 @@ def random_start_kernel(
     BLOCK: tl.constexpr,
 ):
     # x + eps * (2u - 1), u ~ U[0, 1] from the spec (PGD's start, RFGSM, NFGSM).
-    pid = tl.program_id(0).to(tl.int64)
-    counters = pid * (BLOCK // 4) + tl.arange(0, BLOCK // 4)
+    block_start = tl.program_id(0).to(tl.int64) * BLOCK
+    counters = block_start // 4 + tl.arange(0, BLOCK // 4)
     lanes = tl.arange(0, 4)
-    index = counters[:, None] * 4 + lanes[None, :]
-    mask = index < numel
+    local = tl.arange(0, BLOCK // 4)[:, None] * 4 + lanes[None, :]  # int32
+    mask = block_start + local < numel
+    _, memory = block_addresses(block_start, local, features, hw, channels, CHANNELS_LAST)
     u = uniform_tile(seed_lo, seed_hi, offset + counters, lanes)
-    memory = physical_offset(index, features, hw, channels, CHANNELS_LAST)
     x = tl.load(x_ptr + memory, mask=mask).to(COMPUTE_DTYPE)
     x = x + eps * (2.0 * u - 1.0).to(COMPUTE_DTYPE)
     if PROJECT:

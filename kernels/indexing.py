@@ -10,15 +10,23 @@ import triton.language as tl
 
 
 @triton.jit
-def physical_offset(index, features, hw, channels, CHANNELS_LAST: tl.constexpr):
-    """Memory offset of logical int64 ``index`` (``features = C*H*W``, ``hw = H*W``)."""
+def block_addresses(block_start, local, features, hw, channels, CHANNELS_LAST: tl.constexpr):
+    """(feature index, memory offset) of logical elements ``block_start + local``.
+
+    ``block_start`` is the program's int64 first index; ``local`` (int32) < BLOCK. The
+    one int64 division is per program; per element the math stays in int32 (a 64-bit
+    division costs dozens of GPU instructions). Needs ``features = C*H*W < 2**31``.
+    """
+    first_row = block_start // features
+    shifted = (block_start - first_row * features).to(tl.int32) + local
+    row_step = shifted // features
+    feature = shifted - row_step * features
     if CHANNELS_LAST:
-        n = index // features
-        f = index - n * features
-        c = f // hw
-        return n * features + (f - c * hw) * channels + c
+        c = feature // hw
+        memory = (first_row + row_step) * features + ((feature - c * hw) * channels + c)
     else:
-        return index
+        memory = block_start + local
+    return feature, memory
 
 
 @triton.jit

@@ -7,7 +7,7 @@ with z regenerated from (seed, offset), so nothing activation-sized is saved.
 
 import triton
 import triton.language as tl
-from fastnoise.kernels.indexing import feature_offset, physical_offset
+from fastnoise.kernels.indexing import block_addresses, feature_offset
 from fastnoise.kernels.philox import normal_at, normal_tile
 
 
@@ -28,16 +28,16 @@ def noise_forward_kernel(
     BLOCK: tl.constexpr,
 ):
     # Each program owns BLOCK // 4 Philox counters x 4 lanes = BLOCK consecutive elements.
-    pid = tl.program_id(0).to(tl.int64)
-    counters = pid * (BLOCK // 4) + tl.arange(0, BLOCK // 4)
+    block_start = tl.program_id(0).to(tl.int64) * BLOCK
+    counters = block_start // 4 + tl.arange(0, BLOCK // 4)
     lanes = tl.arange(0, 4)
-    index = counters[:, None] * 4 + lanes[None, :]
-    mask = index < numel
+    local = tl.arange(0, BLOCK // 4)[:, None] * 4 + lanes[None, :]  # int32
+    mask = block_start + local < numel
+    feature, memory = block_addresses(block_start, local, features, hw, channels, CHANNELS_LAST)
     z = normal_tile(seed_lo, seed_hi, offset + counters, lanes)
     # x and y share one layout; the noise follows the logical index either way.
-    memory = physical_offset(index, features, hw, channels, CHANNELS_LAST)
     x = tl.load(x_ptr + memory, mask=mask).to(COMPUTE_DTYPE)
-    sigma = tl.load(sigma_ptr + index % features, mask=mask)
+    sigma = tl.load(sigma_ptr + feature, mask=mask)
     y = x + sigma * z.to(COMPUTE_DTYPE)
     tl.store(y_ptr + memory, y.to(y_ptr.dtype.element_ty), mask=mask)
 

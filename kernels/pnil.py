@@ -8,7 +8,7 @@ plus per-program partial sums for grad_W and grad_B in the same pass.
 
 import triton
 import triton.language as tl
-from fastnoise.kernels.indexing import feature_offset, physical_offset
+from fastnoise.kernels.indexing import block_addresses, feature_offset
 from fastnoise.kernels.philox import normal_at, normal_tile
 
 
@@ -29,14 +29,13 @@ def pnil_forward_kernel(
     COMPUTE_DTYPE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    counters = pid * (BLOCK // 4) + tl.arange(0, BLOCK // 4)
+    block_start = tl.program_id(0).to(tl.int64) * BLOCK
+    counters = block_start // 4 + tl.arange(0, BLOCK // 4)
     lanes = tl.arange(0, 4)
-    index = counters[:, None] * 4 + lanes[None, :]
-    mask = index < numel
+    local = tl.arange(0, BLOCK // 4)[:, None] * 4 + lanes[None, :]  # int32
+    mask = block_start + local < numel
+    feature, memory = block_addresses(block_start, local, features, hw, channels, CHANNELS_LAST)
     z = normal_tile(seed_lo, seed_hi, offset + counters, lanes).to(COMPUTE_DTYPE)
-    feature = index % features
-    memory = physical_offset(index, features, hw, channels, CHANNELS_LAST)
     x = tl.load(x_ptr + memory, mask=mask).to(COMPUTE_DTYPE)
     weight = tl.load(weight_ptr + feature, mask=mask)
     bias = tl.load(bias_ptr + feature, mask=mask)
