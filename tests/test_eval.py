@@ -364,3 +364,86 @@ def test_save_writes_report_and_png_plots(tmp_path):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert RobustnessReport.from_json(open(paths["json"]).read()) == report
     assert "60.00 ± 14.14" in open(paths["markdown"]).read()
+
+
+def test_unbounded_attacks_stay_out_of_effective_robustness():
+    x, y = lookup_data(wrong=())
+    pgd = Scripted("pgd", [{0, 1}])
+    pixel = Scripted("pixel", [set(range(10))], kind="gradient-free", eps=math.inf, norm="l0")
+    report = evaluate(Lookup(), batches(x, y), [pgd, pixel], 1, progress=False, checks=False)
+    assert report.attack("pixel").mean == 0.0
+    assert report.effective.name == "pgd"  # no budget contains an unbounded attack
+    assert report.worst_case == [0.8]
+    assert "Per-sample worst case (bounded attacks)" in report.to_markdown()
+    alone = evaluate(Lookup(), batches(x, y), [pixel], 1, progress=False, checks=False)
+    assert alone.effective.name == "pixel" and alone.worst_case == [0.0]
+
+
+# -- the CLI, end to end on a tiny checkpoint with the real attacks ------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from fastnoise.models import build
+
+    folder = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    paths = {}
+    for name, noise in (("l2p", "l2p"), ("plain", None)):
+        config = {"name": "small_cnn", "noise": noise}
+        model = build(**config)
+        paths[name] = str(folder / f"{name}.pt")
+        torch.save({"model_config": config, "model": model.state_dict()}, paths[name])
+    return paths
+
+
+def test_cli_end_to_end(tiny_checkpoint, tmp_path, capsys):
+    from fastnoise.cli import main
+
+    out = tmp_path / "report"
+    argv = [
+        "eval",
+        "--checkpoint", tiny_checkpoint["l2p"],
+        "--dataset", "embedded",
+        "--attacks", "fgsm,pgd,transfer",
+        "--source-checkpoint", tiny_checkpoint["plain"],
+        "--eps", "8/255,16/255",
+        "--sweep-attacks", "pgd",
+        "--repeats", "2",
+        "--limit", "6",
+        "--batch-size", "4",
+        "--check-samples", "6",
+        "--device", "cpu",
+        "--no-progress",
+        "--out", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| Attack | eps | Accuracy (%) |" in printed and "| pgd | 8/255 |" in printed
+    report = RobustnessReport.from_json((out / "report.json").read_text())
+    assert report.n_samples == 6 and report.repeats == 2
+    assert [a.name for a in report.attacks] == ["fgsm", "pgd", "transfer"]
+    assert report.attack("pgd").eps == pytest.approx(8 / 255)
+    assert report.randomized is True  # an L2P model redraws its noise every pass
+    assert report.check("unbounded_attack").status == "pass"  # real PGD with eps = 1
+    assert [s.label for s in report.sweeps] == ["pgd"]
+    assert report.sweeps[0].eps_values == pytest.approx([0, 8 / 255, 16 / 255])
+    for name in ("report.md", "accuracy_by_attack.png", "accuracy_vs_eps.png"):
+        assert (out / name).stat().st_size > 0
+    assert report.meta["dataset"] == "embedded"
+
+
+def test_cli_argument_errors(tiny_checkpoint, capsys):
+    from fastnoise.cli import main
+    from fastnoise.eval.cli import parse_eps
+
+    assert parse_eps("8/255, 0.5,inf") == [8 / 255, 0.5, math.inf]
+    base = ["eval", "--checkpoint", tiny_checkpoint["plain"], "--dataset", "embedded"]
+    with pytest.raises(SystemExit):
+        main([*base, "--eps", "8/zero"])
+    assert "--eps expects numbers or fractions" in capsys.readouterr().err
+    assert main([*base, "--attacks", "transfer"]) == 2
+    assert "--source-checkpoint" in capsys.readouterr().err
+    assert main([*base, "--attacks", "nonsense", "--limit", "2"]) == 2
+    assert "unknown attack" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", "/nonexistent.pt"]) == 2

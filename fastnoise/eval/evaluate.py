@@ -3,12 +3,14 @@
 The defenses are random, so one number is not a result: every repeat redraws the noise
 and reruns every attack, and the report gives mean ± std over repeats. Besides the
 per-attack accuracy, a sample counts towards the per-sample worst case only if it is
-classified correctly clean and under every attack in the same repeat (AutoAttack's rule).
+classified correctly clean and under every attack in the same repeat (AutoAttack's rule);
+unbounded attacks (eps = inf) join that worst case only when no bounded attack is present.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
@@ -125,9 +127,12 @@ def _run(
     progress: bool,
     desc: str,
     keep: int = 0,
+    in_worst: Sequence[bool] | None = None,
 ) -> tuple[list[_Tally], tuple[torch.Tensor, torch.Tensor] | None]:
     """Run every attack on every batch, ``repeats`` times. ``None`` stands for "no attack"
-    (eps = 0 in a sweep). Also returns the first ``keep`` samples, for the self-checks."""
+    (eps = 0 in a sweep). ``in_worst`` picks the attacks of the per-sample worst case (all
+    by default). Also returns the first ``keep`` samples, for the self-checks."""
+    in_worst = [True] * len(attacks) if in_worst is None else list(in_worst)
     total = repeats * len(loader) if hasattr(loader, "__len__") else None
     kept_x: list[torch.Tensor] = []
     kept_y: list[torch.Tensor] = []
@@ -151,7 +156,8 @@ def _run(
                         with torch.no_grad():
                             hit = model(x_adv).argmax(1) == y
                     tally.attacks[i] += hit.sum()
-                    survived &= hit
+                    if in_worst[i]:
+                        survived &= hit
                 tally.clean += correct.sum()
                 tally.worst += survived.sum()
                 tally.n += len(y)
@@ -197,10 +203,12 @@ def evaluate(
     v.check_positive_int("repeats", repeats)
     v.check_positive_int("check_samples", check_samples)
     device = _resolve_device(model, device)
+    bounded = [not math.isinf(float(a.eps)) for a in items]
+    in_worst = bounded if any(bounded) else [True] * len(items)
     started = time.perf_counter()
     with _frozen_eval(model), _seeded(seed, device):
         tallies, kept = _run(
-            model, loader, items, repeats, device, progress, "evaluate", check_samples
+            model, loader, items, repeats, device, progress, "evaluate", check_samples, in_worst
         )
         report = RobustnessReport(
             n_samples=tallies[0].n,

@@ -83,8 +83,8 @@ def plot_attack_accuracy(
         capsize=3,
         color=colors,
     )
-    for x, (m, _) in zip(positions, stats, strict=True):
-        ax.text(x, 100 * m + 1.5, f"{100 * m:.1f}", ha="center", fontsize=8)
+    for x, (m, s) in zip(positions, stats, strict=True):
+        ax.text(x, 100 * (m + s) + 1.5, f"{100 * m:.1f}", ha="center", fontsize=8)
     ax.set_xticks(positions, labels, fontsize=8)
     ax.set_ylabel("Accuracy (%)")
     ax.set_ylim(0, 105)
