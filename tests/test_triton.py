@@ -416,3 +416,57 @@ def test_kernels_compile_to_ptx(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "compiled 42" in done.stdout
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_error_within_twice_eager(tb, device, dtype):
+    # flash-attention's criterion: error vs a float64 truth at most 2x that of the same
+    # formula evaluated by eager PyTorch in the low-precision dtype.
+    x = torch.randn(8, 3, 16, 16, device=device).to(dtype)
+    sigma, weight = torch.rand(3, 1, 1, device=device), 0.3 * torch.randn(3, 16, 16, device=device)
+    bias = 0.3 * torch.randn(16, device=device)
+    z = rng.randn(x.shape, 6, 0).to(device)
+    truths = {
+        "inject": x.double() + sigma.double() * z.double(),
+        "pnil": x.double()
+        + z.double() * torch.exp((x.double() * weight.double() + bias.double()) / 2),
+    }
+    zl = z.to(dtype)
+    eager = {
+        "inject": x + sigma.to(dtype) * zl,
+        "pnil": x + zl * torch.exp((x * weight.to(dtype) + bias.to(dtype)) * 0.5),
+    }
+    fused = {
+        "inject": tb.noise_forward(x, sigma, 6, 0),
+        "pnil": tb.pnil_forward(x, weight, bias, 6, 0),
+    }
+    for name, truth in truths.items():
+        fused_err = (fused[name].double() - truth).abs().max().item()
+        eager_err = (eager[name].double() - truth).abs().max().item()
+        assert fused_err <= 2 * eager_err, (name, fused_err, eager_err)
+
+
+def test_compiled_graph_runs_triton_backend(device, tb):
+    from torch._dynamo.testing import CompileCounter
+
+    import fastnoise
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+
+    @torch.compile(backend=counter, fullgraph=True)
+    def noisy(x, sigma):
+        return fastnoise.pnil(fastnoise.inject_noise(x, sigma), sigma, sigma)
+
+    x = torch.randn(2, 3, 4, 4, device=device, requires_grad=True)
+    sigma = torch.full((3, 1, 1), 0.1, device=device, requires_grad=True)
+    with use_backend("triton"):
+        torch.manual_seed(0)
+        y = noisy(x, sigma)
+        y.sum().backward()
+        noisy(x, sigma * 2)
+    with use_backend("torch"):
+        torch.manual_seed(0)
+        y_ref = noisy(x, sigma)
+    assert counter.frame_count == 1
+    torch.testing.assert_close(y, y_ref, atol=2e-6, rtol=1e-6)
