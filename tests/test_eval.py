@@ -179,6 +179,18 @@ def test_evaluate_rejects_bad_arguments():
         evaluate(Lookup(), batches(x, y), [good], repeats=0)
     with pytest.raises(ValueError, match="no samples"):
         evaluate(Lookup(), [], [good], progress=False)
+    with pytest.raises(ValueError, match="device"):
+        evaluate(Lookup(), batches(x, y), [good], device="meta", progress=False)
+
+
+def test_progress_bar_and_mapping_of_attacks(capsys):
+    x, y = lookup_data(wrong=())
+    attacks = {"a": Scripted("a", [{0}])}
+    report = evaluate(Lookup(), batches(x, y), attacks, repeats=1, checks=False)
+    assert report.attack("a").accuracies == [0.9]
+    assert "evaluate" in capsys.readouterr().err  # the tqdm bar
+    evaluate(Lookup(), batches(x, y), attacks, repeats=1, checks=False, progress=False)
+    assert capsys.readouterr().err == ""
 
 
 # -- self-checks with planted problems -----------------------------------------------------------

@@ -17,7 +17,7 @@ from fastnoise.eval.checks import (
     noise_margin,
     result_checks,
 )
-from fastnoise.eval.evaluate import Attack, evaluate, sweep_eps
+from fastnoise.eval.evaluate import AttackLike, evaluate, sweep_eps
 from fastnoise.eval.plots import plot_accuracy_vs_eps, plot_attack_accuracy
 from fastnoise.eval.report import (
     AttackResult,
@@ -29,7 +29,7 @@ from fastnoise.eval.report import (
 )
 
 __all__ = [
-    "Attack",
+    "AttackLike",
     "AttackResult",
     "CheckResult",
     "RobustnessReport",

@@ -23,12 +23,12 @@ from fastnoise import _validation as v
 from fastnoise.eval.checks import model_checks, result_checks
 from fastnoise.eval.report import AttackResult, RobustnessReport, SweepResult
 
-__all__ = ["Attack", "evaluate", "sweep_eps"]
+__all__ = ["AttackLike", "evaluate", "sweep_eps"]
 
 KINDS = ("single-step", "iterative", "gradient-free", "transfer")
 
 
-class Attack(Protocol):
+class AttackLike(Protocol):
     """What :func:`evaluate` needs from an attack (see :mod:`fastnoise.attacks`)."""
 
     name: str
@@ -40,8 +40,8 @@ class Attack(Protocol):
 
 
 def _check_attacks(
-    attacks: Sequence[Attack] | Mapping[str, Attack], distinct: bool = True
-) -> list[Attack]:
+    attacks: Sequence[AttackLike] | Mapping[str, AttackLike], distinct: bool = True
+) -> list[AttackLike]:
     items = list(attacks.values()) if isinstance(attacks, Mapping) else list(attacks)
     for i, attack in enumerate(items):
         missing = [a for a in ("name", "eps", "norm", "kind") if not hasattr(attack, a)]
@@ -121,7 +121,7 @@ class _Tally:
 def _run(
     model: nn.Module,
     loader: Iterable[Any],
-    attacks: Sequence[Attack | None],
+    attacks: Sequence[AttackLike | None],
     repeats: int,
     device: torch.device,
     progress: bool,
@@ -178,7 +178,7 @@ def _run(
 def evaluate(
     model: nn.Module,
     loader: Iterable[Any],
-    attacks: Sequence[Attack] | Mapping[str, Attack],
+    attacks: Sequence[AttackLike] | Mapping[str, AttackLike],
     repeats: int = 5,
     device: torch.device | str | None = None,
     progress: bool = True,
@@ -242,7 +242,7 @@ def evaluate(
 def sweep_eps(
     model: nn.Module,
     loader: Iterable[Any],
-    attack: str | Callable[[float], Attack],
+    attack: str | Callable[[float], AttackLike],
     eps_values: Sequence[float],
     repeats: int = 3,
     device: torch.device | str | None = None,
@@ -264,7 +264,7 @@ def sweep_eps(
 
         name = attack
 
-        def factory(eps: float) -> Attack:
+        def factory(eps: float) -> AttackLike:
             return build(name, model, eps, **attack_kwargs)
 
     elif callable(attack):
