@@ -98,8 +98,10 @@ def _in_layout(x: torch.Tensor, *others: torch.Tensor) -> tuple[list[torch.Tenso
 
 
 def _rows_features(x: torch.Tensor) -> tuple[int, int]:
-    rows = x.shape[0]
-    return rows, math.prod(x.shape[1:])
+    rows, features = x.shape[0], math.prod(x.shape[1:])
+    if features >= 2**31:  # kernels index within a sample in int32
+        raise ValueError(f"x must have fewer than 2**31 elements per sample, got {features}")
+    return rows, features
 
 
 def noise_forward(x: torch.Tensor, sigma: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
