@@ -422,9 +422,9 @@ def test_cli_end_to_end(tiny_checkpoint, tmp_path, capsys):
         "--eps", "8/255,16/255",
         "--sweep-attacks", "pgd",
         "--repeats", "2",
-        "--limit", "6",
+        "--limit", "4",
         "--batch-size", "4",
-        "--check-samples", "6",
+        "--check-samples", "4",
         "--device", "cpu",
         "--no-progress",
         "--out", str(out),
@@ -433,7 +433,7 @@ def test_cli_end_to_end(tiny_checkpoint, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| Attack | eps | Accuracy (%) |" in printed and "| pgd | 8/255 |" in printed
     report = RobustnessReport.from_json((out / "report.json").read_text())
-    assert report.n_samples == 6 and report.repeats == 2
+    assert report.n_samples == 4 and report.repeats == 2
     assert [a.name for a in report.attacks] == ["fgsm", "pgd", "transfer"]
     assert report.attack("pgd").eps == pytest.approx(8 / 255)
     assert report.randomized is True  # an L2P model redraws its noise every pass

@@ -95,7 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sweep-attacks",
         type=_attack_names,
         default=None,
-        help="attacks to sweep when --eps is a list (default: the white-box ones)",
+        help="attacks to sweep when --eps is a list (default: the L-inf white-box ones)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for noise and attacks")
     parser.add_argument("--check-samples", type=int, default=64, help="samples for self-checks")
@@ -151,12 +151,16 @@ def _error(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fastnoise.attacks import ATTACK_NAMES
     from fastnoise.data import as_tensors, load_dataset
     from fastnoise.eval.evaluate import evaluate, sweep_eps
 
     for flag in ("repeats", "batch_size", "check_samples") + (("limit",) if args.limit else ()):
         if getattr(args, flag) < 1:
             return _error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    unknown = [n for n in (*args.attacks, *(args.sweep_attacks or ())) if n not in ATTACK_NAMES]
+    if unknown:
+        return _error(f"unknown attack(s) {unknown}; choose from {', '.join(ATTACK_NAMES)}")
     if not os.path.isfile(args.checkpoint):
         return _error(f"--checkpoint {args.checkpoint!r} is not a file")
     if "transfer" in args.attacks and not args.source_checkpoint:
@@ -173,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     eps = args.eps[0]
     try:
         attacks = [_build_attack(n, model, eps, source, args.l2_eps) for n in args.attacks]
-    except (KeyError, ValueError) as err:
+    except (TypeError, ValueError) as err:
         return _error(f"--attacks: {err}")
 
     progress = not args.no_progress
@@ -209,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
 
     report.meta.update(
         checkpoint=os.path.abspath(args.checkpoint),
+        model_config=_checkpoint_entry(args.checkpoint, "model_config"),
         dataset=dataset,
         attacks=list(args.attacks),
         eps=list(args.eps),
