@@ -63,7 +63,8 @@ def reduction_grid(rows: int, features: int, device: torch.device) -> tuple[int,
     chunks = max(
         1, min(rows, triton.cdiv(target, feature_blocks), triton.cdiv(rows, MIN_ROWS_PER_PROGRAM))
     )
-    rows_per_chunk = triton.cdiv(rows, chunks)
+    # A power of two: rows per program is a kernel constant, so few variants get compiled.
+    rows_per_chunk = triton.next_power_of_2(triton.cdiv(rows, chunks))
     return block_f, triton.cdiv(rows, rows_per_chunk), rows_per_chunk
 
 

@@ -42,7 +42,7 @@ def noise_forward_kernel(
     tl.store(y_ptr + memory, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset", "rows_per_program"])
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset"])
 def noise_backward_sigma_kernel(
     grad_y_ptr,
     partial_ptr,
@@ -50,10 +50,11 @@ def noise_backward_sigma_kernel(
     features,
     hw,
     channels,
-    rows_per_program,
     seed_lo,
     seed_hi,
     offset,
+    # A constant, not an argument: triton 3.6's interpreter cannot range() over a scalar arg.
+    ROWS_PER_PROGRAM: tl.constexpr,
     ROWS_ALIGNED: tl.constexpr,
     CHANNELS_LAST: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
@@ -70,8 +71,8 @@ def noise_backward_sigma_kernel(
     feature_mask = feature < features
     in_row = feature_offset(feature, hw, channels, CHANNELS_LAST)
     acc = tl.full((BLOCK_F // 4, 4), 0.0, COMPUTE_DTYPE)
-    first_row = pid_n * rows_per_program
-    for r in range(0, rows_per_program):
+    first_row = pid_n * ROWS_PER_PROGRAM
+    for r in range(0, ROWS_PER_PROGRAM):
         row = first_row + r
         index = row * features + feature
         mask = feature_mask & (row < rows)

@@ -43,7 +43,7 @@ def pnil_forward_kernel(
     tl.store(y_ptr + memory, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset", "rows_per_program"])
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset"])
 def pnil_backward_kernel(
     grad_y_ptr,
     x_ptr,
@@ -56,10 +56,11 @@ def pnil_backward_kernel(
     features,
     hw,
     channels,
-    rows_per_program,
     seed_lo,
     seed_hi,
     offset,
+    # A constant, not an argument: triton 3.6's interpreter cannot range() over a scalar arg.
+    ROWS_PER_PROGRAM: tl.constexpr,
     ROWS_ALIGNED: tl.constexpr,
     CHANNELS_LAST: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
@@ -77,8 +78,8 @@ def pnil_backward_kernel(
     bias = tl.load(bias_ptr + feature, mask=feature_mask, other=0.0)
     acc_w = tl.full((BLOCK_F // 4, 4), 0.0, COMPUTE_DTYPE)
     acc_b = tl.full((BLOCK_F // 4, 4), 0.0, COMPUTE_DTYPE)
-    first_row = pid_n * rows_per_program
-    for r in range(0, rows_per_program):
+    first_row = pid_n * ROWS_PER_PROGRAM
+    for r in range(0, ROWS_PER_PROGRAM):
         row = first_row + r
         index = row * features + feature
         mask = feature_mask & (row < rows)

@@ -383,7 +383,7 @@ count = 0
 for kernel, dtype, flag in itertools.product(kernels, ["fp32", "bf16", "fp64"], [False, True]):
     compute = tl.float64 if dtype == "fp64" else tl.float32
     flags = {"CHANNELS_LAST": flag, "ROWS_ALIGNED": not flag, "PROJECT": flag,
-             "COMPUTE_DTYPE": compute, "BLOCK": 1024, "BLOCK_F": 1024}
+             "ROWS_PER_PROGRAM": 8, "COMPUTE_DTYPE": compute, "BLOCK": 1024, "BLOCK_F": 1024}
     constexprs, signature = {}, {}
     for i, name in enumerate(kernel.arg_names):
         if name in flags:

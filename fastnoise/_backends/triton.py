@@ -139,8 +139,8 @@ def noise_backward_sigma(
     seed_lo, seed_hi = launch.split_seed(seed)
     grid = (math.ceil(features / block_f), chunks)
     noise_injection.noise_backward_sigma_kernel[grid](
-        grad_y, partial, rows, features, layout["hw"], layout["channels"], rows_per_chunk,
-        seed_lo, seed_hi, offset, ROWS_ALIGNED=features % 4 == 0,
+        grad_y, partial, rows, features, layout["hw"], layout["channels"],
+        seed_lo, seed_hi, offset, ROWS_PER_PROGRAM=rows_per_chunk, ROWS_ALIGNED=features % 4 == 0,
         CHANNELS_LAST=layout["CHANNELS_LAST"], COMPUTE_DTYPE=launch.compute_dtype(grad_y.dtype),
         BLOCK_F=block_f, num_warps=launch.num_warps(),
     )  # fmt: skip
@@ -197,8 +197,8 @@ def pnil_backward(
     grid = (math.ceil(features / block_f), chunks)
     pnil.pnil_backward_kernel[grid](
         grad_y, x, weight_f, bias_f, grad_x, partial_w, partial_b,
-        rows, features, layout["hw"], layout["channels"], rows_per_chunk,
-        seed_lo, seed_hi, offset, ROWS_ALIGNED=features % 4 == 0,
+        rows, features, layout["hw"], layout["channels"],
+        seed_lo, seed_hi, offset, ROWS_PER_PROGRAM=rows_per_chunk, ROWS_ALIGNED=features % 4 == 0,
         CHANNELS_LAST=layout["CHANNELS_LAST"], COMPUTE_DTYPE=launch.compute_dtype(x.dtype),
         BLOCK_F=block_f, num_warps=launch.num_warps(),
     )  # fmt: skip
