@@ -421,6 +421,7 @@ def test_cli_end_to_end(tiny_checkpoint, tmp_path, capsys):
         "--source-checkpoint", tiny_checkpoint["plain"],
         "--eps", "8/255,16/255",
         "--sweep-attacks", "pgd",
+        "--pgd-steps", "3",
         "--repeats", "2",
         "--limit", "4",
         "--batch-size", "4",
@@ -447,9 +448,11 @@ def test_cli_end_to_end(tiny_checkpoint, tmp_path, capsys):
 
 def test_cli_argument_errors(tiny_checkpoint, capsys):
     from fastnoise.cli import main
-    from fastnoise.eval.cli import parse_eps
+    from fastnoise.eval.cli import parse_eps, pgd_step_size
 
     assert parse_eps("8/255, 0.5,inf") == [8 / 255, 0.5, math.inf]
+    assert pgd_step_size(8 / 255, 7) == 0.01  # Learn2Perturb's PGD-7 setting kept
+    assert pgd_step_size(0.3, 50) == pytest.approx(0.012)  # PNIL: 2 * eps / steps
     base = ["eval", "--checkpoint", tiny_checkpoint["plain"], "--dataset", "embedded"]
     with pytest.raises(SystemExit):
         main([*base, "--eps", "8/zero"])
@@ -458,4 +461,6 @@ def test_cli_argument_errors(tiny_checkpoint, capsys):
     assert "--source-checkpoint" in capsys.readouterr().err
     assert main([*base, "--attacks", "nonsense", "--limit", "2"]) == 2
     assert "unknown attack" in capsys.readouterr().err
+    assert main([*base, "--pgd-steps", "0"]) == 2
+    assert "--pgd-steps must be >= 1" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", "/nonexistent.pt"]) == 2

@@ -17,14 +17,14 @@ import argparse
 import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["add_arguments", "run", "parse_eps", "load_model"]
+__all__ = ["add_arguments", "run", "parse_eps", "load_model", "pgd_step_size"]
 
 WHITE_BOX = ("single-step", "iterative")
 
@@ -83,6 +83,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=math.inf,
         help="L2 bound for the minimum-norm CW attack (default: none, as in Learn2Perturb)",
     )
+    parser.add_argument(
+        "--pgd-steps", type=int, default=7, help="steps of pgd/eot-pgd/transfer (default 7)"
+    )
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="PGD step size (default: max(0.01, 2 * eps / steps), so the ball is reachable)",
+    )
+    parser.add_argument(
+        "--eot", type=int, default=None, help="noise draws per gradient for eot-pgd and apgd"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="noise redraws (default 5)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N samples")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -131,18 +143,34 @@ class _TensorBatches:
             yield self.x[i : i + self.batch_size], self.y[i : i + self.batch_size]
 
 
-def _build_attack(
-    name: str, model: nn.Module, eps: float, source: nn.Module | None, l2_eps: float = math.inf
-) -> Any:
+def pgd_step_size(eps: float, steps: int) -> float:
+    """Learn2Perturb's 0.01, raised to 2 * eps / steps where that is too short to cross
+    the eps-ball (PNIL Sec. 4: "reach every point in the eps-ball with 2 eps / steps")."""
+    return max(0.01, 2 * eps / steps)
+
+
+def _attack_builder(
+    args: argparse.Namespace, model: nn.Module, source: nn.Module | None
+) -> Callable[[str, float], Any]:
+    """``(name, eps) -> attack`` with the command line's attack settings."""
     from fastnoise.attacks import build
 
-    if name == "transfer":
-        return build(name, model, eps, source_model=source)
-    if name == "cw":  # minimum-norm L2: the L-inf budget means nothing to it
-        return build(name, model, l2_eps)
-    if name == "pixel":  # L0: unbounded in L-inf, limited by its pixel count instead
-        return build(name, model, math.inf)
-    return build(name, model, eps)
+    def build_attack(name: str, eps: float) -> Any:
+        kw: dict[str, Any] = {}
+        if name in ("pgd", "eot-pgd", "transfer"):
+            kw["steps"] = args.pgd_steps
+            kw["alpha"] = args.alpha or pgd_step_size(eps, args.pgd_steps)
+        if name in ("eot-pgd", "apgd", "apgd-dlr") and args.eot is not None:
+            kw["eot"] = args.eot
+        if name == "transfer":
+            return build(name, model, eps, source_model=source, **kw)
+        if name == "cw":  # minimum-norm L2: the L-inf budget means nothing to it
+            return build(name, model, args.l2_eps)
+        if name == "pixel":  # L0: unbounded in L-inf, limited by its pixel count instead
+            return build(name, model, math.inf)
+        return build(name, model, eps, **kw)
+
+    return build_attack
 
 
 def _error(message: str) -> int:
@@ -155,8 +183,9 @@ def run(args: argparse.Namespace) -> int:
     from fastnoise.data import as_tensors, load_dataset
     from fastnoise.eval.evaluate import evaluate, sweep_eps
 
-    for flag in ("repeats", "batch_size", "check_samples") + (("limit",) if args.limit else ()):
-        if getattr(args, flag) < 1:
+    flags = ("repeats", "batch_size", "check_samples", "pgd_steps", "limit", "eot")
+    for flag in flags:
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             return _error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     unknown = [n for n in (*args.attacks, *(args.sweep_attacks or ())) if n not in ATTACK_NAMES]
     if unknown:
@@ -175,8 +204,9 @@ def run(args: argparse.Namespace) -> int:
     x, y = as_tensors(load_dataset(dataset, root=args.root, train=False), limit=args.limit)
     loader = _TensorBatches(x.to(device), y.to(device), args.batch_size)
     eps = args.eps[0]
+    build_attack = _attack_builder(args, model, source)
     try:
-        attacks = [_build_attack(n, model, eps, source, args.l2_eps) for n in args.attacks]
+        attacks = [build_attack(n, eps) for n in args.attacks]
     except (TypeError, ValueError) as err:
         return _error(f"--attacks: {err}")
 
@@ -202,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
             sweep = sweep_eps(
                 model,
                 loader,
-                lambda e, name=name: _build_attack(name, model, e, source),
+                lambda e, name=name: build_attack(name, e),
                 grid,
                 repeats=args.repeats,
                 progress=progress,
