@@ -28,6 +28,6 @@ TORCH_LIBRARY(fastnoise_C, m) {
       " bool project) -> Tensor");
   // The raw spec: Philox4x32-10 words (uint32 in int64) of each int64 counter, shape (M, 4).
   m.def("philox_words(Tensor counters, int seed) -> Tensor");
-  // Which CPU tile code runs here ("avx2" or "generic"), for benchmark headers.
+  // Which CPU tile code runs here ("avx512", "avx2" or "generic"), for benchmark headers.
   m.def("cpu_isa() -> str", [] { return std::string(fastnoise::cpu::tile_isa()); });
 }

@@ -272,7 +272,8 @@ def has_cuda_kernels() -> bool:
 
 
 def cpu_isa() -> str:
-    """The CPU code path the tile kernels picked at load time: ``"avx2"`` or ``"generic"``."""
+    """The CPU code path the tile kernels picked at load time: ``"avx512"``, ``"avx2"`` or
+    ``"generic"`` (``FASTNOISE_CPU_ISA=avx2|generic`` caps it)."""
     return str(ops().cpu_isa())
 
 

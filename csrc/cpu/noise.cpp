@@ -34,7 +34,8 @@ at::Tensor noise_forward(const at::Tensor& x_in, const at::Tensor& sigma_in, int
       for_feature_runs(first, count, features, [&](int64_t j, int64_t run, int64_t f) {
         for (int64_t k = 0; k < run; ++k) {
           const opmath_t xv = static_cast<opmath_t>(xp[first + j + k]);
-          yp[first + j + k] = static_cast<scalar_t>(xv + sp[f + k] * static_cast<opmath_t>(z[j + k]));
+          const opmath_t zv = static_cast<opmath_t>(z[j + k]);
+          yp[first + j + k] = static_cast<scalar_t>(xv + sp[f + k] * zv);
         }
       });
     });
@@ -54,7 +55,8 @@ at::Tensor noise_backward_sigma(const at::Tensor& grad_in, const at::Tensor& sig
   if (numel == 0) return at::zeros(sigma.sizes(), sigma.options());
   const int64_t chunks = chunk_count(numel);
   at::Tensor partial = at::zeros({chunks, features}, grad.options().dtype(opmath));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "noise_backward", [&] {
+  const auto dtype = grad.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "noise_backward", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
     opmath_t* pp = partial.mutable_data_ptr<opmath_t>();
@@ -66,7 +68,8 @@ at::Tensor noise_backward_sigma(const at::Tensor& grad_in, const at::Tensor& sig
         normal_tile(seed, offset + first / 4, z);
         for_feature_runs(first, count, features, [&](int64_t j, int64_t run, int64_t f) {
           for (int64_t k = 0; k < run; ++k) {
-            acc[f + k] += static_cast<opmath_t>(gp[first + j + k]) * static_cast<opmath_t>(z[j + k]);
+            const opmath_t g = static_cast<opmath_t>(gp[first + j + k]);
+            acc[f + k] += g * static_cast<opmath_t>(z[j + k]);
           }
         });
       }

@@ -78,8 +78,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pnil_backward(
   check_floating(grad_in, "grad_y");
   check_floating(x_in, "x");
   check_seed_offset(seed, offset);
-  TORCH_CHECK_VALUE(grad_in.sizes() == x_in.sizes(), "grad_y must have the shape of x ", x_in.sizes(),
-              ", got ", grad_in.sizes());
+  TORCH_CHECK_VALUE(grad_in.sizes() == x_in.sizes(), "grad_y must have the shape of x ",
+                    x_in.sizes(), ", got ", grad_in.sizes());
   const at::Tensor grad = grad_in.contiguous().to(x_in.scalar_type());
   const at::Tensor x = x_in.contiguous();
   const at::Tensor weight = per_sample(weight_in, x, "weight");

@@ -8,6 +8,7 @@
 
 #include "../philox.h"
 #include "random_tiles_avx2.h"
+#include "random_tiles_avx512.h"
 
 namespace fastnoise {
 namespace cpu {
@@ -63,6 +64,9 @@ bool cpu_has_avx2() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
+bool cpu_has_avx512() {
+  return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+}
 #endif
 
 using TileFn = void (*)(uint64_t, uint64_t, float*);
@@ -72,12 +76,21 @@ struct TileFunctions {
   TileFn uniform = uniform_tile_generic;
   const char* isa = "generic";
   TileFunctions() {
-    // FASTNOISE_CPU_ISA=generic forces the portable path (tests check both paths).
-    const char* forced = std::getenv("FASTNOISE_CPU_ISA");
-    const bool force_generic = forced != nullptr && std::strcmp(forced, "generic") == 0;
-    (void)force_generic;
+    // FASTNOISE_CPU_ISA=generic|avx2 caps the path taken (tests check every path).
+    const char* cap = std::getenv("FASTNOISE_CPU_ISA");
+    const bool allow_avx2 = cap == nullptr || std::strcmp(cap, "generic") != 0;
+    const bool allow_avx512 = allow_avx2 && (cap == nullptr || std::strcmp(cap, "avx2") != 0);
+    (void)allow_avx512;
+#if defined(FASTNOISE_HAVE_AVX512_TILES)
+    if (allow_avx512 && cpu_has_avx512()) {
+      normal = avx512::normal_tile;
+      uniform = avx512::uniform_tile;
+      isa = "avx512";
+      return;
+    }
+#endif
 #if defined(FASTNOISE_HAVE_AVX2_TILES)
-    if (!force_generic && cpu_has_avx2()) {
+    if (allow_avx2 && cpu_has_avx2()) {
       normal = avx2::normal_tile;
       uniform = avx2::uniform_tile;
       isa = "avx2";

@@ -16,8 +16,8 @@ void normal_tile(uint64_t seed, uint64_t first_counter, float* z);
 // u[0 .. kTileSize) = U[0, 1] of the same elements.
 void uniform_tile(uint64_t seed, uint64_t first_counter, float* u);
 
-// The instruction set the tile functions were picked for at load time ("avx2" or
-// "generic"): benchmarks print it.
+// The instruction set the tile functions were picked for at load time ("avx512",
+// "avx2" or "generic"; FASTNOISE_CPU_ISA=avx2|generic caps it): benchmarks print it.
 const char* tile_isa();
 
 }  // namespace cpu
