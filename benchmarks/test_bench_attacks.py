@@ -54,13 +54,15 @@ def summary_table(request):
         "",
         f"attack benchmarks: torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
-        f"{'workload':<22}{'approach':<16}{'size':<16}{'median ms':>11}{'rate':>16}{'speed-up':>10}",
+        f"{'workload':<22}{'approach':<16}{'size':<16}"
+        f"{'median ms':>11}{'rate':>16}{'speed-up':>10}",
     ]
     lines.append("-" * len(lines[-1]))
-    baseline = {w: t for w, a, _, t, _ in _ROWS if a in ("sequential", "image-by-image")}
+    baselines = ("sequential", "image-by-image")
+    baseline = {w: t for w, a, _, t, _ in _ROWS if a in baselines}
     for workload, approach, size, median, rate in _ROWS:
         base = baseline.get(workload)
-        speedup = f"{base / median:.2f}x" if base and approach != "sequential" else "-"
+        speedup = f"{base / median:.2f}x" if base and approach not in baselines else "-"
         lines.append(
             f"{workload:<22}{approach:<16}{size:<16}{median * 1e3:>11.1f}{rate:>16.1f}{speedup:>10}"
         )
@@ -81,9 +83,7 @@ def test_eot_gradient(benchmark, approach, copies):
         fn = lambda: sequential_eot_gradient(model, cross_entropy, x, y, copies)
     benchmark.group = f"EOT gradient L={copies}"
     median = _time(benchmark, fn, rounds=5 if copies == 16 else 3)
-    _ROWS.append(
-        (f"EOT grad L={copies}", approach, f"B={BATCH}", median, BATCH * copies / median)
-    )
+    _ROWS.append((f"EOT grad L={copies}", approach, f"B={BATCH}", median, BATCH * copies / median))
 
 
 def _gradient_free(benchmark, name, make, approach):

@@ -61,12 +61,14 @@ def test_spsa_attack_crosses_a_linear_boundary_inside_the_ball():
     assert (model(x_adv).argmax(1) != y).all()
 
 
-def test_pixel_attack_finds_the_planted_pixel():
+@pytest.mark.parametrize("early_stop", [True, False])
+def test_pixel_attack_finds_the_planted_pixel(early_stop):
     torch.manual_seed(4)
     model = BrightPixelModel(row=5, col=2, threshold=0.6)
     x = torch.rand(6, 3, 8, 8) * 0.3  # dark: class 0 everywhere
     y = torch.zeros(6, dtype=torch.long)
-    x_adv = FewPixel(model, pixels=1, population=100, iterations=40)(x, y)
+    attack = FewPixel(model, pixels=1, population=100, iterations=40, early_stop=early_stop)
+    x_adv = attack(x, y)
     assert (model(x_adv).argmax(1) != y).all()
     changed = (x_adv != x).any(dim=1)  # (N, H, W) changed pixels
     assert (changed.flatten(1).sum(1) == 1).all()

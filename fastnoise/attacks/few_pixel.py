@@ -64,6 +64,7 @@ class FewPixel(Attack):
     mutation factor ``mutation`` (F) and crossover rate ``crossover`` (1.0, the paper's
     choice, means the mutant is taken whole). Fitness is the softmax probability of the
     true class. ``chunk``: most rows per forward pass (None: about 2**24 input elements).
+    ``early_stop=False`` runs every generation for every image (fixed work, for timing).
     """
 
     name = "pixel"
@@ -80,6 +81,7 @@ class FewPixel(Attack):
         mutation: float = 0.5,
         crossover: float = 1.0,
         chunk: int | None = None,
+        early_stop: bool = True,
         eps: float = math.inf,
         clip: Sequence[float] = (0.0, 1.0),
         compile: bool | str = False,
@@ -96,6 +98,7 @@ class FewPixel(Attack):
         if self.crossover > 1:
             raise ValueError(f"crossover must be in [0, 1], got {crossover}")
         self.chunk = None if chunk is None else v.check_positive_int("chunk", chunk)
+        self.early_stop = bool(early_stop)
 
     def _fitness(
         self, images: torch.Tensor, y: torch.Tensor, pop: torch.Tensor
@@ -138,17 +141,20 @@ class FewPixel(Attack):
             )
         x_adv = x.clone()
         active = torch.arange(x.shape[0], device=x.device)
+        found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         pop = self._random_population(x.shape[0], x)
         fitness, fooled = self._fitness(x, y, pop)
         for generation in range(self.iterations + 1):
-            # Finished images keep their first misclassified candidate and leave the search.
-            done = fooled.any(1)
+            # An image keeps its first misclassified candidate; with early_stop it also
+            # leaves the search, so later generations only evaluate unfinished images.
+            done = fooled.any(1) & ~found[active]
             if done.any():
                 winner = fooled.float().argmax(1)
                 idx = done.nonzero().squeeze(1)
-                best = pop[idx, winner[idx]]
-                x_adv[active[idx]] = apply_pixels(x[active[idx]], best)
-                keep = ~done
+                x_adv[active[idx]] = apply_pixels(x[active[idx]], pop[idx, winner[idx]])
+                found[active[idx]] = True
+            if self.early_stop:
+                keep = ~found[active]
                 active, pop, fitness = active[keep], pop[keep], fitness[keep]
             if active.numel() == 0 or generation == self.iterations:
                 break
