@@ -131,8 +131,8 @@ def render(args, rows, total: float) -> str:
         f"torch {torch.__version__}. Total time {total / 60:.1f} min.",
         "",
         "Ours: one run each, accuracies in %. Paper: mean of 5x2 cross-validation.",
-        "PGD: {0} steps of 2*eps/{0} (EOT x{1} on PNIL models); SPSA: {2} steps, {3} "
-        "directions.".format(args.pgd_steps, args.pgd_eot, args.spsa_steps, args.spsa_batch),
+        f"PGD: {args.pgd_steps} steps of 2*eps/{args.pgd_steps} (EOT x{args.pgd_eot} on PNIL "
+        f"models); SPSA: {args.spsa_steps} steps, {args.spsa_batch} directions.",
         "",
         "| Data set | Model | Clean | SPSA | PGD | Min | Paper (clean/SPSA/PGD/min) | "
         "Train s | Attack s |",

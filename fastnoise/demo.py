@@ -27,11 +27,11 @@ EPS = 8 / 255  # PNIL paper's MNIST budget
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    parser.add_argument("--epochs", type=int, default=4, help="training epochs per model")
-    parser.add_argument("--train-limit", type=int, default=2000, help="training images used")
-    parser.add_argument("--eval-samples", type=int, default=200, help="test images attacked")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs per model")
+    parser.add_argument("--train-limit", type=int, default=1100, help="training images used")
+    parser.add_argument("--eval-samples", type=int, default=80, help="test images attacked")
     parser.add_argument("--repeats", type=int, default=2, help="evaluation repeats (noise)")
-    parser.add_argument("--spsa-steps", type=int, default=10, help="SPSA iterations")
+    parser.add_argument("--spsa-steps", type=int, default=5, help="SPSA iterations")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument(
@@ -46,8 +46,9 @@ def demo_configs(args: argparse.Namespace) -> dict[str, object]:
     out = Path(args.out)
     common = dict(
         dataset="embedded", model="small_cnn", epochs=args.epochs, train_limit=args.train_limit,
-        eps=EPS, seed=args.seed, device=args.device, progress=args.progress, holdout=200,
-        val_pgd_steps=5,
+        eps=EPS, seed=args.seed, device=args.device, progress=args.progress,
+        holdout=min(100, args.train_limit // 5),
+        val_pgd_steps=3,
     )  # fmt: skip
     pnil = TrainConfig(
         method="nfgsm", pnil=True, out=str(out / "pnil-nfgsm"), batch_size=100,
@@ -57,7 +58,7 @@ def demo_configs(args: argparse.Namespace) -> dict[str, object]:
     l2p = TrainConfig(
         method="learn2perturb", out=str(out / "learn2perturb"), batch_size=100, lr=0.05,
         lr_schedule="multistep", milestones=(max(args.epochs - 1, 1),), noise_off_epochs=1,
-        attack_steps=3, attack_step_size=2.5 * EPS / 3, **common,
+        attack_steps=2, attack_step_size=1.25 * EPS, **common,
     )  # fmt: skip
     return {"PNIL + NFGSM": pnil, "Learn2Perturb": l2p}
 
@@ -69,7 +70,7 @@ def _attacks(model, spsa_steps: int):
         attacks.build("fgsm", model, EPS),
         attacks.build("pgd", model, EPS, alpha=2.5 * EPS / 10, steps=10),
         attacks.build("eot-pgd", model, EPS, alpha=2.5 * EPS / 10, steps=10, eot=4),
-        attacks.build("spsa", model, EPS, steps=spsa_steps, samples=64, lr=0.01),
+        attacks.build("spsa", model, EPS, steps=spsa_steps, samples=32, lr=0.01),
     ]
 
 
@@ -92,6 +93,7 @@ def _pct(values) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fastnoise import attacks
     from fastnoise.data import as_tensors, load_dataset
     from fastnoise.eval import evaluate, plot_attack_accuracy
     from fastnoise.train import fit
@@ -117,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         report = evaluate(
             model, loader, _attacks(model, args.spsa_steps), repeats=args.repeats,
-            progress=args.progress, seed=args.seed, check_samples=32,
+            progress=args.progress, seed=args.seed, check_samples=16,
+            unbounded_attack=attacks.build("pgd", model, 1.0, alpha=0.25, steps=8),
         )  # fmt: skip
         timings[f"evaluate {label}"] = time.perf_counter() - t0
         report.save(out / f"eval-{config.method}")
@@ -150,7 +153,11 @@ def _report(args, configs, reports, table, timings, total) -> str:
         "",
         "These are short schedules on small subsets: they show that the pipeline runs end "
         "to end and how the defenses behave, not the papers' accuracies. A defense that "
-        "only obfuscates gradients shows SPSA accuracy far below PGD; look for that.",
+        "only obfuscates gradients shows SPSA accuracy far below PGD; look for that. With "
+        "about 30 optimizer steps per model, clean accuracy stays far below the ~98% of "
+        "fully trained MNIST models, and Learn2Perturb's theta has barely left its initial "
+        "0.25 (its regularizer is gamma = 1e-4). The checkpoints (`*/last.pt`, `*/best.pt`) "
+        "load with `fastnoise.train.load_model` for further evaluation.",
         "",
         table,
         "",
