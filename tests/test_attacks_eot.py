@@ -135,3 +135,15 @@ def test_compile_flag_gives_the_same_attack():
     plain = PGD(model, eps=0.1, steps=3, random_start=False)(x, y)
     compiled = PGD(model, eps=0.1, steps=3, random_start=False, compile="eager")(x, y)
     torch.testing.assert_close(compiled, plain)
+
+
+def test_fastnoise_noise_layers_give_independent_copies():
+    models = pytest.importorskip("fastnoise.models")
+    torch.manual_seed(8)
+    model = models.small_cnn(noise="l2p").eval()
+    x, y = torch.rand(2, 1, 28, 28), torch.randint(0, 10, (2,))
+    copies = eot_per_copy(model, cross_entropy, x, y, eot=4)
+    for b in range(2):
+        flat = copies.grad[b].flatten(1)
+        distance = torch.cdist(flat, flat) + torch.eye(4) * 1e9
+        assert distance.min() > 1e-6 * flat.norm(dim=1).max()
