@@ -198,3 +198,37 @@ def test_config_roundtrip_through_plain_dict():
     c = TrainConfig.from_preset("pnil-mnist", model_kwargs={"pni_mode": "layer"})
     assert TrainConfig.from_dict(c.to_dict()) == c
     assert dataclasses.replace(c, lr=0.5).lr == 0.5
+
+
+def test_rfgsm_catastrophic_overfitting_stops_and_keeps_best(tmp_path):
+    from fastnoise.train import Trainer
+    from fastnoise.train.distributed import DistInfo
+
+    config = TrainConfig(method="rfgsm", dataset="embedded", out=str(tmp_path), overfit_drop=0.2)
+    trainer = Trainer(config)
+    model = small_cnn()
+    rows = [
+        {"epoch": 1, "val_loss_pgd": 1.0, "val_acc_pgd": 0.50},
+        {"epoch": 2, "val_loss_pgd": 0.8, "val_acc_pgd": 0.60},
+        {"epoch": 3, "val_loss_pgd": 0.9, "val_acc_pgd": 0.45},  # a drop of 0.15: keep going
+        {"epoch": 4, "val_loss_pgd": 2.5, "val_acc_pgd": 0.05},  # collapse: stop
+    ]
+    best, stops = None, []
+    for row in rows:
+        best, stopped = trainer._track_best(row, model, best, DistInfo())
+        stops.append(stopped)
+    assert stops == [False, False, False, True]
+    assert best["epoch"] == 2 and rows[3]["catastrophic_overfitting"] is True
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 2
+
+
+def test_bf16_autocast_and_channels_last_on_cpu(tmp_path):
+    config = TrainConfig(
+        method="pni", dataset="embedded", epochs=1, batch_size=8, max_steps_per_epoch=2,
+        attack_steps=1, amp="bf16", channels_last=True, out=str(tmp_path), progress=False,
+        plots=False,
+    )  # fmt: skip
+    result = fit(config, data=tiny_data(16))
+    assert math.isfinite(result.metrics[0]["adv_loss"])
+    with pytest.raises(ValueError, match="fp16"):
+        fit(dataclasses.replace(config, amp="fp16"), data=tiny_data(16))

@@ -234,7 +234,11 @@ class Trainer:
         train_forward: nn.Module = model
         if dist_info.enabled:
             ids = [device.index] if device.type == "cuda" else None
-            train_forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            # noise parameters sit unused while noise is off (Learn2Perturb warm-up)
+            unused = c.noise_kind is not None and c.noise_off_epochs > 0
+            train_forward = nn.parallel.DistributedDataParallel(
+                model, device_ids=ids, find_unused_parameters=unused
+            )
         if c.compile:
             train_forward = torch.compile(train_forward)
         autocast, scaler = self._precision(device)
