@@ -140,12 +140,29 @@ def _aot_library() -> Path | None:
     return Path(found[0]) if found else None
 
 
-def _jit_build() -> str:
-    from torch.utils import cpp_extension
+def _finished_library(directory: Path) -> Path | None:
+    library, log = directory / f"{LIBRARY}.so", directory / ".ninja_log"
+    if library.is_file() and log.is_file() and f"\t{LIBRARY}.so\t" in log.read_text():
+        return library
+    return None
 
+
+def _jit_build() -> str:
     with_cuda = _want_cuda()
     sources = source_files(with_cuda)
     directory = build_dir(with_cuda)
+    # The directory name hashes sources, flags and torch, so a library there that ninja
+    # finished linking (it logs the link once done) is current: load it without ninja or
+    # torch's cpp_extension import (which warns on machines without a GPU).
+    if _finished_library(directory) is not None:
+        try:
+            torch.ops.load_library(str(_finished_library(directory)))
+            return f"jit-cached:{directory}"
+        except OSError:  # unreadable or foreign: let the full build path sort it out
+            pass
+
+    from torch.utils import cpp_extension
+
     directory.mkdir(parents=True, exist_ok=True)
     saved_arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
     if with_cuda:
@@ -278,5 +295,6 @@ def cpu_isa() -> str:
 
 
 def origin() -> str | None:
-    """``"aot:<path>"`` or ``"jit:<build dir>"`` once loaded, else None."""
+    """``"aot:<path>"``, ``"jit:<build dir>"`` (built now) or ``"jit-cached:<build dir>"``
+    once loaded, else None."""
     return _state["origin"]  # type: ignore[return-value]

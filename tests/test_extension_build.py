@@ -137,3 +137,17 @@ def test_setup_py_builds_the_same_sources():
     assert "FASTNOISE_BUILD_EXT" in text
     assert 'glob.glob("csrc/cpu/*.cpp")' in text and 'glob.glob("csrc/cuda/*.cu")' in text
     assert '"csrc/ops.cpp"' in text
+
+
+def test_second_process_loads_the_cached_build_without_ninja():
+    assert _extension.unavailable_reason() is None  # this session built (or found) it
+    out = _run_python(
+        """
+        from fastnoise import _extension
+        assert _extension.unavailable_reason() is None
+        print(_extension.origin())
+        """,
+        env={},
+        timeout=300,
+    )
+    assert out.strip().split(":")[0] in ("jit-cached", "aot"), out
