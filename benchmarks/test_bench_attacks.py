@@ -25,7 +25,9 @@ SPSA_CONFIG = dict(eps=0.1, steps=2, samples=64, early_stop=False)
 PIXEL_CONFIG = dict(pixels=1, population=64, iterations=3, early_stop=False)
 GRADIENT_FREE_IMAGES = 8
 
-_ROWS: list[tuple[str, str, str, float, float]] = []  # workload, approach, size, median s, rate
+# workload, approach, size, best s, median s, rate (at the best time)
+_ROWS: list[tuple[str, str, str, float, float, float]] = []
+ROUNDS = 5
 
 
 def _model() -> torch.nn.Module:
@@ -40,9 +42,11 @@ def _images(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
 
 
-def _time(benchmark, fn, rounds: int) -> float:
-    benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1, iterations=1)
-    return benchmark.stats.stats.median
+def _time(benchmark, fn) -> tuple[float, float]:
+    """(best, median) seconds. The table ranks by the best round: on a shared CPU the
+    other rounds mostly measure the neighbours."""
+    benchmark.pedantic(fn, rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    return benchmark.stats.stats.min, benchmark.stats.stats.median
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -55,18 +59,22 @@ def summary_table(request):
         f"attack benchmarks: torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
         f"{'workload':<22}{'approach':<16}{'size':<16}"
-        f"{'median ms':>11}{'rate':>16}{'speed-up':>10}",
+        f"{'best ms':>10}{'median ms':>11}{'rate':>10}{'speed-up':>10}",
     ]
     lines.append("-" * len(lines[-1]))
     baselines = ("sequential", "image-by-image")
-    baseline = {w: t for w, a, _, t, _ in _ROWS if a in baselines}
-    for workload, approach, size, median, rate in _ROWS:
+    baseline = {w: t for w, a, _, t, _, _ in _ROWS if a in baselines}
+    for workload, approach, size, best, median, rate in _ROWS:
         base = baseline.get(workload)
-        speedup = f"{base / median:.2f}x" if base and approach not in baselines else "-"
+        speedup = f"{base / best:.2f}x" if base and approach not in baselines else "-"
         lines.append(
-            f"{workload:<22}{approach:<16}{size:<16}{median * 1e3:>11.1f}{rate:>16.1f}{speedup:>10}"
+            f"{workload:<22}{approach:<16}{size:<16}{best * 1e3:>10.1f}{median * 1e3:>11.1f}"
+            f"{rate:>10.1f}{speedup:>10}"
         )
-    lines.append("rate: EOT copies (image x draw) per second, or images per second.")
+    lines.append(
+        f"best of {ROUNDS} rounds; rate (at best): EOT copies (image x draw) or images per "
+        "second; speed-up: batched over the loop, best vs best."
+    )
     capture = request.config.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled():
         print("\n".join(lines))
@@ -82,8 +90,9 @@ def test_eot_gradient(benchmark, approach, copies):
     else:
         fn = lambda: sequential_eot_gradient(model, cross_entropy, x, y, copies)
     benchmark.group = f"EOT gradient L={copies}"
-    median = _time(benchmark, fn, rounds=5 if copies == 16 else 3)
-    _ROWS.append((f"EOT grad L={copies}", approach, f"B={BATCH}", median, BATCH * copies / median))
+    best, median = _time(benchmark, fn)
+    rate = BATCH * copies / best
+    _ROWS.append((f"EOT grad L={copies}", approach, f"B={BATCH}", best, median, rate))
 
 
 def _gradient_free(benchmark, name, make, approach):
@@ -95,8 +104,8 @@ def _gradient_free(benchmark, name, make, approach):
     else:
         fn = lambda: [attack(x[i : i + 1], y[i : i + 1]) for i in range(x.shape[0])]
     benchmark.group = name
-    median = _time(benchmark, fn, rounds=3)
-    _ROWS.append((name, approach, f"N={x.shape[0]}", median, x.shape[0] / median))
+    best, median = _time(benchmark, fn)
+    _ROWS.append((name, approach, f"N={x.shape[0]}", best, median, x.shape[0] / best))
 
 
 @pytest.mark.parametrize("approach", ["image-by-image", "batched"])
