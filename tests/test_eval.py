@@ -362,6 +362,7 @@ def test_markdown_contains_the_numbers():
 
 def test_format_eps():
     assert format_eps(8 / 255) == "8/255"
+    assert format_eps(0.3) == "0.3"  # MNIST budgets stay plain numbers
     assert format_eps(0.5, "l2") == "0.5 (L2)"
     assert format_eps(math.inf, "l0") == "–"
 

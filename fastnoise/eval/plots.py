@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from fastnoise.eval.report import RobustnessReport, SweepResult, format_eps, mean_std
+from fastnoise.eval.report import RobustnessReport, SweepResult, format_eps, mean_std, on_255_grid
 
 __all__ = ["plot_accuracy_vs_eps", "plot_attack_accuracy"]
 
@@ -29,12 +29,14 @@ def plot_accuracy_vs_eps(
     title: str | None = None,
 ) -> Figure:
     """One line per sweep (attack or model) with ±std error bars, like Learn2Perturb
-    Figures 2-3. L-inf budgets are drawn in units of 1/255."""
+    Figures 2-3. L-inf budgets on the 1/255 grid are drawn in units of 1/255."""
     if len(sweeps) == 0:
         raise ValueError("sweeps must not be empty")
     fig = _new_figure()
     ax = fig.add_subplot()
-    in_255 = all(s.norm == "linf" for s in sweeps)
+    in_255 = all(
+        s.norm == "linf" and all(e == 0 or on_255_grid(e) for e in s.eps_values) for s in sweeps
+    )
     scale = 255.0 if in_255 else 1.0
     for s in sweeps:
         xs = [e * scale for e in s.eps_values]

@@ -17,7 +17,6 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from fractions import Fraction
 from typing import Any
 
 __all__ = [
@@ -27,6 +26,7 @@ __all__ = [
     "RobustnessReport",
     "mean_std",
     "format_eps",
+    "on_255_grid",
     "STATUSES",
 ]
 
@@ -46,14 +46,18 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(var)
 
 
+def on_255_grid(eps: float) -> bool:
+    """True for whole multiples of 1/255 (one 8-bit pixel level), e.g. 8/255."""
+    return math.isfinite(eps) and eps > 0 and abs(eps * 255 - round(eps * 255)) < 1e-6
+
+
 def format_eps(eps: float, norm: str = "linf") -> str:
-    """``8/255`` for L-inf budgets on the 1/255 grid, plain numbers otherwise, ``–`` for inf."""
+    """``8/255`` for L-inf budgets on the 1/255 grid, plain numbers otherwise (``0.3``),
+    ``–`` for inf."""
     if math.isinf(eps):
         return "–"
-    if norm == "linf" and eps > 0:
-        frac = Fraction(eps * 255).limit_denominator(4)
-        if abs(float(frac) - eps * 255) < 1e-6:
-            return f"{frac}/255" if frac.denominator == 1 else f"{float(frac):g}/255"
+    if norm == "linf" and on_255_grid(eps):
+        return f"{round(eps * 255)}/255"
     label = f"{eps:.4g}"
     return label if norm == "linf" else f"{label} ({norm.upper()})"
 
