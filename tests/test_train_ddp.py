@@ -52,3 +52,23 @@ def test_two_process_gloo_run(tmp_path):
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".tmp") == []
     model = load_model(out / "last.pt")
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_two_process_learn2perturb_with_noise_warmup(tmp_path):
+    # theta is unused while noise is off: DDP must be told, or the first epoch fails
+    out = tmp_path / "l2p"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+        "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+        "-m", "fastnoise", "train", "--method", "learn2perturb", "--dataset", "embedded",
+        "--train-limit", "128", "--epochs", "2", "--noise-off-epochs", "1", "--batch-size", "16",
+        "--max-steps-per-epoch", "2", "--attack-steps", "1", "--device", "cpu",
+        "--no-progress", "--no-plots", "--out", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = load_checkpoint(out / "last.pt")["metrics"]
+    assert [r["noise_on"] for r in rows] == [False, True] and rows[1]["tau"] == 1.0
+    assert all(v == 0.25 for v in rows[0]["theta_mean"].values())  # frozen while off
+    assert all(v != 0.25 for v in rows[1]["theta_mean"].values())  # then learned
