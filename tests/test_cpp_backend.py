@@ -364,3 +364,67 @@ print("ok")
     if "skip:" in result.stdout:
         pytest.skip(result.stdout.strip())
     assert "ok" in result.stdout, result.stdout + result.stderr
+
+
+# --- the same checks for the CUDA kernels, where a GPU is present -----------------------
+
+needs_cuda_kernels = pytest.mark.skipif(
+    not torch.cuda.is_available() or not _extension.has_cuda_kernels(),
+    reason="needs a GPU and the extension built with its CUDA sources",
+)
+
+
+@needs_cuda_kernels
+def test_cuda_words_and_normals_match_spec():
+    from fastnoise._backends import cuda
+
+    for offset in (0, 2**32 - 3, 2**29 + 1):
+        got = cuda.random_words(1001, 77, offset, device="cuda").cpu()
+        assert torch.equal(got, rng.random_words(1001, 77, offset))
+        z = cuda.noise_forward(
+            torch.zeros(1, 100_003, device="cuda"), torch.ones((), device="cuda"), 9, offset
+        )
+        assert (z.cpu() - rng.randn((1, 100_003), 9, offset)).abs().max().item() <= Z_ATOL
+
+
+@needs_cuda_kernels
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_cuda_ops_match_reference(dtype, layout):
+    from fastnoise._backends import cuda
+
+    def dev(t):
+        return t.cuda()
+
+    x = dev(_layouts(SHAPE, dtype, seed=21)[layout])
+    grad_y = dev(_layouts(SHAPE, dtype, seed=22)[layout])
+    sigma = dev(_param((3, 1, 1), seed=23, positive=True))
+    w, b = dev(_param((3, 7, 9), seed=24)), dev(_param((9,), seed=25))
+    seed, offset = 5, 2**32 - 7
+    _close(
+        cuda.noise_forward(x, sigma, seed, offset).cpu(),
+        ref.noise_forward(x, sigma, seed, offset).cpu(),
+        dtype,
+    )
+    terms = x.numel() // 3
+    _grad_close(
+        cuda.noise_backward_sigma(grad_y, sigma, seed, offset).cpu(),
+        ref.noise_backward_sigma(grad_y, sigma, seed, offset).cpu(),
+        terms,
+    )
+    _close(
+        cuda.pnil_forward(x, w, b, seed, offset).cpu(),
+        ref.pnil_forward(x, w, b, seed, offset).cpu(),
+        dtype,
+    )
+    got = cuda.pnil_backward(grad_y, x, w, b, seed, offset)
+    want = ref.pnil_backward(grad_y, x, w, b, seed, offset)
+    _close(got[0].cpu(), want[0].cpu(), dtype)
+    _grad_close(got[1].cpu(), want[1].cpu(), x.shape[0])
+    _grad_close(got[2].cpu(), want[2].cpu(), x.numel() // 9)
+    pixels = dev(_layouts(SHAPE, dtype, seed=26, kind="pixels")[layout])
+    sparse = dev(_layouts(SHAPE, dtype, seed=27, kind="sparse")[layout])
+    args = (pixels, sparse, pixels.flip(0), 0.01, 8 / 255, 0.0, 1.0)
+    assert torch.equal(cuda.pgd_step(*args).cpu(), ref.pgd_step(*args).cpu())
+    args = (pixels, 8 / 255, 7, 2**32 + 9, 0.0, 1.0, True)
+    _close(cuda.random_start(*args).cpu(), ref.random_start(*args).cpu(), dtype)
