@@ -52,7 +52,8 @@ class TrainingMethod:
     ):
         self.config = config
         self.model = model  # unwrapped: attacks and no-grad forwards use it
-        self.train_forward = train_forward or model  # DDP / compiled wrapper for training
+        # DDP / compiled wrapper for training (modules can be falsy: compare with None)
+        self.train_forward = model if train_forward is None else train_forward
         self.autocast = autocast
         self.scaler = scaler
         self.optimizers: dict[str, torch.optim.Optimizer] = self._build_optimizers()
