@@ -123,6 +123,7 @@ def test_checkpoint_rebuilds_model_for_eval(tmp_path):
     result = fit(config, data=tiny_data())
     ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
     assert ckpt["model_config"]["name"] == "small_cnn" and ckpt["model_config"]["pnil"] is True
+    assert (ckpt["dataset"], ckpt["method"]) == ("embedded", "nfgsm")  # fastnoise eval reads it
     for path in (tmp_path / "last.pt", tmp_path / "best.pt"):
         model = load_model(path, "cpu")
         assert not model.training

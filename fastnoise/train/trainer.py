@@ -182,6 +182,7 @@ class Trainer:
     def _checkpoint(self, model, method, epoch, step, metrics, best, rng_states, stopped):
         return {
             "format": CHECKPOINT_FORMAT,
+            **self._identity(),
             "epoch": epoch,  # completed epochs
             "global_step": step,
             "model_config": dict(self.model_config),
@@ -195,6 +196,11 @@ class Trainer:
             "config": self.config.to_dict(),
             "rank_seed_probe": self._rank_probe,  # first noise seed of each rank
         }
+
+    def _identity(self) -> dict[str, Any]:
+        """What `fastnoise eval` reads to pick defaults (data set, budget)."""
+        c = self.config
+        return {"dataset": c.dataset, "method": c.method, "eps": c.eps}
 
     def _write_metrics(self, metrics: list[dict[str, Any]]) -> None:
         path = self.out_dir / METRICS
@@ -401,11 +407,15 @@ class Trainer:
                 "val_acc_pgd": row["val_acc_pgd"],
             }
             if dist_info.is_main:
-                atomic_save(
-                    {"format": CHECKPOINT_FORMAT, "model_config": dict(self.model_config),
-                     "model": model.state_dict(), "epoch": row["epoch"], "metrics": dict(best)},
-                    self.out_dir / BEST,
-                )  # fmt: skip
+                state = {
+                    "format": CHECKPOINT_FORMAT,
+                    **self._identity(),
+                    "model_config": dict(self.model_config),
+                    "model": model.state_dict(),
+                    "epoch": row["epoch"],
+                    "metrics": dict(best),
+                }
+                atomic_save(state, self.out_dir / BEST)
         return best, stopped
 
     def _plots(self, metrics, model, sample) -> None:
