@@ -135,6 +135,7 @@ def test_presets_match_the_papers():
     assert TrainConfig.from_preset("l2p-cifar10-resnet56").model == "resnet56"
     pni = TrainConfig.from_preset("pni-cifar10-resnet20")
     assert (pni.method, pni.epochs, pni.milestones) == ("pni", 160, (80, 120))
+    assert (pni.weight_decay, pni.noise_weight_decay) == (3e-4, 0.0)  # released PNI script
     for name, eps in (("mnist", 8 / 255), ("fashion-mnist", 4 / 255)):  # PNIL Sec. 4.3
         for prefix, pnil in (("pnil", True), ("nfgsm", False)):
             c = TrainConfig.from_preset(f"{prefix}-{name}")

@@ -240,11 +240,7 @@ class PNI(_MixedLoss):
             groups.append({"params": alphas, "weight_decay": self.config.noise_weight_decay})
         return {"weights": _make_optimizer(self.config, groups)}
 
-    def begin_epoch(self, epoch):
-        set_noise_enabled(self.model, noise_enabled(self.config, epoch))
-        return {}
-
-    def train_step(self, x, y, epoch):
+    def train_step(self, x, y, epoch):  # noise on from the start (no warm-up in PNI)
         self._zero_grad()
         loss, stats = self._mixed_loss(x, y)
         self._backward(loss)

@@ -241,7 +241,7 @@ class Trainer:
         if dist_info.enabled:
             ids = [device.index] if device.type == "cuda" else None
             # noise parameters sit unused while noise is off (Learn2Perturb warm-up)
-            unused = c.noise_kind is not None and c.noise_off_epochs > 0
+            unused = c.noise_kind == "l2p" and c.noise_off_epochs > 0
             train_forward = nn.parallel.DistributedDataParallel(
                 model, device_ids=ids, find_unused_parameters=unused
             )
