@@ -13,6 +13,8 @@ Run: ``pytest benchmarks/test_bench_attacks.py --benchmark-only`` (a few minutes
 from __future__ import annotations
 
 import os
+import statistics
+import time
 
 import pytest
 import torch
@@ -28,6 +30,7 @@ GRADIENT_FREE_IMAGES = 8
 # workload, approach, size, best s, median s, rate (at the best time)
 _ROWS: list[tuple[str, str, str, float, float, float]] = []
 ROUNDS = 5
+_PAIRED: list[tuple[str, float, float, float]] = []  # workload, median, min, max
 
 
 def _model() -> torch.nn.Module:
@@ -52,7 +55,7 @@ def _time(benchmark, fn) -> tuple[float, float]:
 @pytest.fixture(scope="module", autouse=True)
 def summary_table(request):
     yield
-    if not _ROWS:
+    if not _ROWS and not _PAIRED:
         return
     lines = [
         "",
@@ -75,6 +78,11 @@ def summary_table(request):
         f"best of {ROUNDS} rounds; rate (at best): EOT copies (image x draw) or images per "
         "second; speed-up: batched over the loop, best vs best."
     )
+    for workload, median, low, high in _PAIRED:
+        lines.append(
+            f"{workload:<22}batched vs loop, back-to-back pairs: median speed-up {median:.2f}x "
+            f"(range {low:.2f}x to {high:.2f}x)"
+        )
     capture = request.config.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled():
         print("\n".join(lines))
@@ -118,3 +126,30 @@ def test_spsa_throughput(benchmark, approach):
 def test_pixel_throughput(benchmark, approach):
     make = lambda model: FewPixel(model, **PIXEL_CONFIG)
     _gradient_free(benchmark, "pixel DE 64x3 gens", make, approach)
+
+
+def _paired_ratios(slow, fast, pairs: int) -> list[float]:
+    """slow/fast time ratios of back-to-back runs: neighbours on a shared CPU slow
+    both halves of a pair alike, so the ratio is steadier than either time."""
+    slow(), fast()  # warm-up
+    ratios = []
+    for _ in range(pairs):
+        start = time.perf_counter()
+        slow()
+        middle = time.perf_counter()
+        fast()
+        ratios.append((middle - start) / (time.perf_counter() - middle))
+    return ratios
+
+
+@pytest.mark.parametrize("copies", [16, 80])
+def test_eot_speedup_paired(benchmark, copies):
+    model = _model()
+    x, y = _images(BATCH)
+    batched = lambda: eot_gradient(model, cross_entropy, x, y, copies)
+    looped = lambda: sequential_eot_gradient(model, cross_entropy, x, y, copies)
+    ratios = _paired_ratios(looped, batched, pairs=7)
+    benchmark.group = f"EOT gradient L={copies}"
+    benchmark.extra_info["paired_speedups"] = ratios
+    benchmark.pedantic(batched, rounds=1, iterations=1)
+    _PAIRED.append((f"EOT grad L={copies}", statistics.median(ratios), min(ratios), max(ratios)))

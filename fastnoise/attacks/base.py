@@ -50,7 +50,7 @@ class Attack:
         eot: noise draws the loss gradient is averaged over (Expectation over
             Transformation), computed in one batched pass, see :mod:`.eot`.
         eot_chunk: most rows (samples x copies) per forward pass; None: about 2**24
-            input elements per pass.
+            input elements per pass on an accelerator, 2**17 on the CPU.
         clip: the valid pixel box.
         compile: run the model forward through ``torch.compile`` (True, or a backend
             name such as ``"inductor"``); never required.

@@ -63,7 +63,7 @@ class FewPixel(Attack):
     ``population`` candidates per image evolve for up to ``iterations`` generations with
     mutation factor ``mutation`` (F) and crossover rate ``crossover`` (1.0, the paper's
     choice, means the mutant is taken whole). Fitness is the softmax probability of the
-    true class. ``chunk``: most rows per forward pass (None: about 2**24 input elements).
+    true class. ``chunk``: most rows per forward pass (None: :func:`.eot.default_chunk`).
     ``early_stop=False`` runs every generation for every image (fixed work, for timing).
     """
 

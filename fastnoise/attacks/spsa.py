@@ -64,7 +64,7 @@ class SPSA(Attack):
     loss ``max_{i != y} z_i - z_y``, projection on the eps-ball and the box.
 
     Images that become misclassified stop early (``early_stop``) and keep that point.
-    ``chunk`` directions per image per forward pass (None: about 2**24 input elements).
+    ``chunk`` directions per image per forward pass (None: :func:`.eot.default_chunk`).
     """
 
     name = "spsa"
