@@ -12,6 +12,7 @@ import json
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,12 @@ class Trainer:
         model_config: dict[str, Any] | None = None,
     ):
         config.validate()
+        if config.method == "rfgsm" and config.holdout == 0:
+            warnings.warn(
+                "rfgsm with holdout=0 has no held-out batch, so no catastrophic-overfitting "
+                "stop; pass holdout (e.g. 512)",
+                stacklevel=2,
+            )
         self.config = config
         self._data = data
         self.model_config = model_config or model_config_for(config)
