@@ -205,7 +205,9 @@ def test_rfgsm_catastrophic_overfitting_stops_and_keeps_best(tmp_path):
     from fastnoise.train import Trainer
     from fastnoise.train.distributed import DistInfo
 
-    config = TrainConfig(method="rfgsm", dataset="embedded", out=str(tmp_path), overfit_drop=0.2)
+    config = TrainConfig(
+        method="rfgsm", dataset="embedded", out=str(tmp_path), overfit_drop=0.2, holdout=16
+    )
     trainer = Trainer(config)
     model = small_cnn()
     rows = [
