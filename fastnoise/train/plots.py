@@ -62,11 +62,22 @@ def plot_pnil_variance(layer: nn.Module, images: torch.Tensor, path: str | os.Pa
     bias = layer.bias.detach().float().cpu()
     variance = torch.exp(images * weight + bias)  # Eq. (2), exp(Sigma)
     noisy = images + torch.randn_like(images) * variance.sqrt()  # Eq. (3), display only
+    channels = images.shape[1]
+    names = "RGB" if channels == 3 else [str(i) for i in range(channels)]
+    # one variance map per channel, as PNIL Fig. 3 shows Sigma_R, Sigma_G, Sigma_B
+    per_channel = [
+        (
+            f"exp(Sigma) {names[i]}" if channels > 1 else "variance exp(Sigma)",
+            variance[:, i : i + 1],
+            "magma",
+        )
+        for i in range(channels)
+    ]
     columns = [
         ("input", images, "gray"),
         ("bias B", bias.expand_as(images), "coolwarm"),
         ("weight W", weight.expand_as(images), "coolwarm"),
-        ("variance exp(Sigma)", variance, "magma"),
+        *per_channel,
         ("output", noisy.clamp(0, 1), "gray"),
     ]
     n = images.shape[0]
