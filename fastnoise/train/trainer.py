@@ -2,7 +2,8 @@
 
 ``Trainer(config).fit()`` (or ``fit(config)``) trains, writes ``last.pt`` every epoch
 (atomically), ``best.pt`` when a held-out set picks one, ``metrics.jsonl`` and plots to
-``config.out``, and returns a :class:`TrainResult`.
+``config.out``, and returns a :class:`TrainResult`. It seeds torch, numpy and ``random``
+globally from ``config.seed`` (rank r's noise stream from ``seed + r * 1000003``).
 """
 
 from __future__ import annotations
