@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_attacks_support import accuracy, mnist_available, trained_mnist_cnn
+from test_attacks_support import accuracy, trained_mnist_cnn
 from torch import nn
 
 from fastnoise.attacks import APGD, CW, FGSM, PGD, SPSA, Transfer
 from fastnoise.functional import inject_noise
 
-pytestmark = pytest.mark.skipif(not mnist_available(), reason="MNIST not found on disk")
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,11 @@ stay fast: every model is a few thousand parameters.
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 from torch import nn
 
 from fastnoise.functional import inject_noise
-
-MNIST_ROOT = os.environ.get("FASTNOISE_DATA", "/work/shared/data")
 
 
 class NoisyMLP(nn.Module):
@@ -108,19 +105,15 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x).flatten(1))
 
 
-def mnist_available() -> bool:
-    return os.path.isdir(os.path.join(MNIST_ROOT, "MNIST", "raw"))
-
-
 @functools.lru_cache(maxsize=1)
 def mnist_subset(train: int = 3000, test: int = 200):
-    """(x_train, y_train, x_test, y_test) float images in [0, 1] from MNIST on disk."""
-    from torchvision.datasets import MNIST
+    """(x_train, y_train, x_test, y_test) float images in [0, 1]: real MNIST digits from
+    the subset that ships inside fastnoise, so these tests never depend on a download."""
+    from fastnoise.data import as_tensors, load_dataset
 
-    tr = MNIST(MNIST_ROOT, train=True, download=False)
-    te = MNIST(MNIST_ROOT, train=False, download=False)
-    to_float = lambda d, n: (d.data[:n].float().div(255).unsqueeze(1), d.targets[:n].clone())
-    return (*to_float(tr, train), *to_float(te, test))
+    x_tr, y_tr = as_tensors(load_dataset("embedded", train=True), limit=train)
+    x_te, y_te = as_tensors(load_dataset("embedded", train=False), limit=test)
+    return x_tr, y_tr, x_te, y_te
 
 
 @functools.lru_cache(maxsize=1)
