@@ -9,8 +9,11 @@ Order of preference:
    cache root). The hash covers the sources, torch's version, the flags and the CUDA
    arch list, so a change to any of them rebuilds.
 
-CUDA sources are compiled when torch is a CUDA build and nvcc is found (``CUDA_HOME`` or
-``/usr/local/cuda``); ``FASTNOISE_BUILD_CUDA=0/1`` forces either way. The arch list is
+The just-in-time build compiles the CUDA sources when a GPU is visible, torch is a CUDA
+build and nvcc is found (``CUDA_HOME`` or ``/usr/local/cuda``): on a CPU-only machine
+nvcc would only add minutes to the first call. ``FASTNOISE_BUILD_CUDA=0/1`` forces either
+way (CI sets 1 to prove the CUDA sources compile); the ahead-of-time build in setup.py
+compiles them whenever torch has CUDA and nvcc is found. The arch list is
 ``TORCH_CUDA_ARCH_LIST`` when set, else the visible GPUs' capabilities, else ``9.0``
 (H100/H200), never torch's every-arch default, which would take many minutes to build.
 
@@ -96,7 +99,11 @@ def _want_cuda() -> bool:
     forced = os.environ.get("FASTNOISE_BUILD_CUDA")
     if forced is not None and forced.strip() != "":
         return forced.strip() not in ("0", "false", "False", "no")
-    return torch.version.cuda is not None and _cuda_home() is not None
+    return (
+        torch.version.cuda is not None
+        and _cuda_home() is not None
+        and torch.cuda.is_available()
+    )
 
 
 def _cuda_arch_list() -> str:
