@@ -6,9 +6,10 @@ paper Fashion-MNIST clean 85 / SPSA 3 / PGD 64), while with PNIL the gradient-fr
 is no stronger than PGD (clean 82 / SPSA 78 / PGD 67). Writes a Markdown table with the
 settings and the time taken to ``--results``.
 
-    python benchmarks/reproduce_pnil_table1.py --data-root /work/shared/data
+    python benchmarks/reproduce_pnil_table1.py --data-root ../shared/data
 
 This is a script, not a test: the defaults take roughly 10-15 minutes on 2 CPU cores.
+What it gave is recorded in ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--spsa-batch", type=int, default=128, help="paper: 2048 directions")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/pnil_table1")
-    p.add_argument("--results", default=str(Path(__file__).with_name("RESULTS_pnil.md")))
+    p.add_argument("--results", default="runs/pnil_table1/results.md", help="tables written here")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
     return p.parse_args(argv)
 
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(rows[-1]), flush=True)
     total = time.perf_counter() - started
     text = render(args, rows, total)
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(text)
     print(text)
     return 0
