@@ -58,7 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             base = next((t for t in (int, float, str) if t in typing.get_args(hint)), hint)
             optional = type(None) in typing.get_args(hint)
             kwargs["type"] = _none_or(base) if optional else base
-        parser.add_argument(flag, **kwargs)
+        # --root too, so train and eval take the dataset folder by the same name
+        aliases = ("--root",) if f.name == "data_root" else ()
+        parser.add_argument(flag, *aliases, **kwargs)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
