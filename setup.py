@@ -12,6 +12,7 @@ collide with an existing PyPI project.
 """
 
 import os
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
@@ -19,38 +20,46 @@ packages = find_packages(include=["fastnoise", "fastnoise.*"])
 packages += ["fastnoise.kernels", "fastnoise.csrc"]
 
 
+def _build_rules():
+    """fastnoise/_extension.py, loaded on its own (it needs only torch), so the
+    ahead-of-time build uses the JIT build's sources, flags and CUDA toolkit lookup."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_fastnoise_build", "fastnoise/_extension.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _extension_modules() -> dict:
     """ext_modules and cmdclass for the optional ahead-of-time build."""
     if os.environ.get("FASTNOISE_BUILD_EXT") != "1":
         return {}
-    import glob
-
     import torch
-    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
-    # Same flags as the JIT build (fastnoise/_extension.py).
-    cxx_flags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
-    sources = ["csrc/ops.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
-    with_cuda = os.environ.get("FASTNOISE_BUILD_CUDA")
-    if with_cuda is None or with_cuda == "":
-        with_cuda = torch.version.cuda is not None and CUDA_HOME is not None
-    else:
-        with_cuda = with_cuda not in ("0", "false", "False", "no")
+    rules = _build_rules()
+    cuda_home = rules._cuda_home()
+    if cuda_home is not None and not os.environ.get("CUDA_HOME"):
+        # torch guesses the toolkit from nvcc on PATH, which may be a wrapper script
+        # without headers beside it; point it at the real toolkit before it looks.
+        os.environ["CUDA_HOME"] = str(cuda_home)
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    forced = os.environ.get("FASTNOISE_BUILD_CUDA", "").strip()
+    if forced:
+        with_cuda = forced not in ("0", "false", "False", "no")
+    else:  # unlike the JIT build, no GPU is needed: "pip install with a CUDA build"
+        with_cuda = torch.version.cuda is not None and cuda_home is not None
+    here = Path(__file__).resolve().parent
+    sources = [str(p.relative_to(here)) for p in rules.source_files(with_cuda)]
+    kind = CUDAExtension if with_cuda else CppExtension
+    compile_args = {"cxx": rules.CPU_CFLAGS}
     if with_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")  # see _extension.DEFAULT_CUDA_ARCH
-        extension = CUDAExtension(
-            "fastnoise._C",
-            sources + sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp")),
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
-            extra_link_args=["-fopenmp"],
-        )
-    else:
-        extension = CppExtension(
-            "fastnoise._C",
-            sources,
-            extra_compile_args={"cxx": cxx_flags},
-            extra_link_args=["-fopenmp"],
-        )
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", rules.DEFAULT_CUDA_ARCH)
+        compile_args["nvcc"] = rules.CUDA_CFLAGS
+    extension = kind(
+        "fastnoise._C", sources, extra_compile_args=compile_args, extra_link_args=rules.LDFLAGS
+    )
     return {"ext_modules": [extension], "cmdclass": {"build_ext": BuildExtension}}
 
 
