@@ -99,11 +99,7 @@ def _want_cuda() -> bool:
     forced = os.environ.get("FASTNOISE_BUILD_CUDA")
     if forced is not None and forced.strip() != "":
         return forced.strip() not in ("0", "false", "False", "no")
-    return (
-        torch.version.cuda is not None
-        and _cuda_home() is not None
-        and torch.cuda.is_available()
-    )
+    return torch.version.cuda is not None and _cuda_home() is not None and torch.cuda.is_available()
 
 
 def _cuda_arch_list() -> str:

@@ -2,6 +2,7 @@
 
 import triton
 import triton.language as tl
+
 from fastnoise.kernels.indexing import block_addresses
 from fastnoise.kernels.philox import uniform_tile
 

@@ -7,6 +7,7 @@ with z regenerated from (seed, offset), so nothing activation-sized is saved.
 
 import triton
 import triton.language as tl
+
 from fastnoise.kernels.indexing import block_addresses, feature_offset
 from fastnoise.kernels.philox import normal_at, normal_tile
 

@@ -8,6 +8,7 @@ plus per-program partial sums for grad_W and grad_B in the same pass.
 
 import triton
 import triton.language as tl
+
 from fastnoise.kernels.indexing import block_addresses, feature_offset
 from fastnoise.kernels.philox import normal_at, normal_tile
 

@@ -24,5 +24,7 @@ def shared_data_root() -> Path | None:
 def data_root() -> Path:
     root = shared_data_root()
     if root is None:
-        pytest.skip("real MNIST/Fashion-MNIST not found at ../shared/data (set FASTNOISE_DATA_ROOT)")
+        pytest.skip(
+            "real MNIST/Fashion-MNIST not found at ../shared/data (set FASTNOISE_DATA_ROOT)"
+        )
     return root

@@ -17,7 +17,6 @@ from fastnoise.attacks import APGD, CW, FGSM, PGD, SPSA, Transfer
 from fastnoise.functional import inject_noise
 
 
-
 @pytest.fixture(scope="module")
 def mnist_cnn():
     model, x, y = trained_mnist_cnn()

@@ -29,5 +29,7 @@ BACKEND_MODULES: dict[str, str] = {
 def load(name: str) -> ModuleType:
     """Import the module of backend ``name`` (it may still be unavailable)."""
     if name not in BACKEND_MODULES:
-        raise ValueError(f"backend must be one of {sorted(BACKEND_MODULES)} or 'auto', got {name!r}")
+        raise ValueError(
+            f"backend must be one of {sorted(BACKEND_MODULES)} or 'auto', got {name!r}"
+        )
     return importlib.import_module(BACKEND_MODULES[name])
