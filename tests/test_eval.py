@@ -464,4 +464,23 @@ def test_cli_argument_errors(tiny_checkpoint, capsys):
     assert "unknown attack" in capsys.readouterr().err
     assert main([*base, "--pgd-steps", "0"]) == 2
     assert "--pgd-steps must be >= 1" in capsys.readouterr().err
+    assert main([*base, "--spsa-samples", "0"]) == 2
+    assert "--spsa-samples must be >= 1" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", "/nonexistent.pt"]) == 2
+
+
+def test_cli_passes_attack_settings_to_the_attacks():
+    import argparse
+
+    from fastnoise.eval.cli import _attack_builder, add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        ["--checkpoint", "x.pt", "--spsa-steps", "3", "--spsa-samples", "16", "--pgd-steps", "5"]
+    )
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    build = _attack_builder(args, model, None)
+    spsa = build("spsa", 8 / 255)
+    assert (spsa.steps, spsa.samples) == (3, 16)
+    assert build("pgd", 8 / 255).steps == 5

@@ -95,6 +95,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--eot", type=int, default=None, help="noise draws per gradient for eot-pgd and apgd"
     )
+    parser.add_argument(
+        "--spsa-steps", type=int, default=100, help="SPSA iterations (default 100, as the paper)"
+    )
+    parser.add_argument(
+        "--spsa-samples",
+        type=int,
+        default=2048,
+        help="SPSA perturbation samples per step (default 2048; lower it for a quick CPU run)",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="noise redraws (default 5)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N samples")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -162,6 +171,8 @@ def _attack_builder(
             kw["alpha"] = args.alpha or pgd_step_size(eps, args.pgd_steps)
         if name in ("eot-pgd", "apgd", "apgd-dlr") and args.eot is not None:
             kw["eot"] = args.eot
+        if name == "spsa":
+            kw["steps"], kw["samples"] = args.spsa_steps, args.spsa_samples
         if name == "transfer":
             return build(name, model, eps, source_model=source, **kw)
         if name == "cw":  # minimum-norm L2: the L-inf budget means nothing to it
@@ -183,7 +194,16 @@ def run(args: argparse.Namespace) -> int:
     from fastnoise.data import as_tensors, load_dataset
     from fastnoise.eval.evaluate import evaluate, sweep_eps
 
-    flags = ("repeats", "batch_size", "check_samples", "pgd_steps", "limit", "eot")
+    flags = (
+        "repeats",
+        "batch_size",
+        "check_samples",
+        "pgd_steps",
+        "spsa_steps",
+        "spsa_samples",
+        "limit",
+        "eot",
+    )
     for flag in flags:
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             return _error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
