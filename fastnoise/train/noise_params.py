@@ -1,7 +1,6 @@
-"""Finding a model's noise parameters: Learn2Perturb theta, PNI alpha, the PNIL layer.
+"""The trainer's view of a model's noise: Learn2Perturb theta, PNI alpha, the PNIL layer.
 
-Modules are recognised by what they provide (``theta`` + ``clamp_()``, ``alpha``,
-``weight`` + ``bias`` on a ``PNIL``), so any model built from ``fastnoise.nn`` works.
+Built on :mod:`fastnoise.nn`'s layer types, so any model made of its layers works.
 """
 
 from __future__ import annotations
@@ -9,26 +8,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fastnoise.nn import PNIL, ParametricNoiseInjection, PerturbationInjection, noise_modules
+
 __all__ = [
     "perturbation_modules",
     "theta_parameters",
     "pni_parameters",
     "pnil_layer",
     "set_noise_enabled",
-    "init_theta_",
     "theta_means",
     "regularizer_g",
 ]
 
 
-def perturbation_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Learn2Perturb perturbation-injection modules (they own ``theta`` and ``clamp_``)."""
-    return [
-        (name, m)
-        for name, m in model.named_modules()
-        if isinstance(getattr(m, "theta", None), torch.Tensor)
-        and callable(getattr(m, "clamp_", None))
-    ]
+def perturbation_modules(model: nn.Module) -> list[tuple[str, PerturbationInjection]]:
+    """Learn2Perturb perturbation-injection modules, with their names."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, PerturbationInjection)]
 
 
 def theta_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -36,39 +31,22 @@ def theta_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def pni_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """PNI noise scales (He et al. 2019): parameters named ``alpha``."""
-    return [p for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] == "alpha"]
+    """PNI noise scales alpha (He et al. 2019), on activations or on weights."""
+    return [m.alpha for m in noise_modules(model) if isinstance(m, ParametricNoiseInjection)]
 
 
-def pnil_layer(model: nn.Module) -> nn.Module | None:
+def pnil_layer(model: nn.Module) -> PNIL | None:
     """The PNIL (PNIL paper Eq. 2-3), which the models place first; None if absent."""
-    try:
-        from fastnoise.nn import PNIL
-    except ImportError:  # fastnoise.nn not importable: fall back to the class name
-        PNIL = None
-    for m in model.modules():
-        if (PNIL is not None and isinstance(m, PNIL)) or type(m).__name__ == "PNIL":
-            return m
-    return None
+    return next((m for m in noise_modules(model) if isinstance(m, PNIL)), None)
 
 
 def set_noise_enabled(model: nn.Module, enabled: bool) -> None:
-    """Switch Learn2Perturb / PNI noise on or off (modules with an ``enabled`` flag)."""
-    for m in model.modules():
-        if (
-            m is not model
-            and hasattr(m, "enabled")
-            and (hasattr(m, "theta") or hasattr(m, "alpha"))
-        ):
+    """Switch Learn2Perturb / PNI noise on or off for warm-up epochs. Unlike
+    :func:`fastnoise.nn.set_noise_enabled`, a PNIL stays on: it is part of the input
+    pipeline the weights train with, not the noise being warmed up to."""
+    for m in noise_modules(model):
+        if not isinstance(m, PNIL):
             m.enabled = enabled
-
-
-@torch.no_grad()
-def init_theta_(model: nn.Module, init: float, theta_min: float) -> None:
-    for _, m in perturbation_modules(model):
-        m.theta.fill_(init)
-        if hasattr(m, "theta_min"):
-            m.theta_min = theta_min
 
 
 @torch.no_grad()
