@@ -29,15 +29,13 @@ __all__ = [
     "random_start",
 ]
 
-_SEED_HIGH = 2**63 - 1  # seeds are non-negative int64, as rng.draw_seed draws them
-
 
 def make_rng_state(seed: int | Tensor | None, offset: int) -> Tensor:
     """``[seed, offset]`` as a CPU int64 tensor; a fresh seed from torch's default
     generator when ``seed`` is None (traced as a graph op inside torch.compile)."""
     if seed is None:
         if torch.compiler.is_compiling():
-            seed = torch.randint(0, _SEED_HIGH, (1,), dtype=torch.int64)
+            seed = torch.randint(0, rng.SEED_LIMIT - 1, (1,), dtype=torch.int64)  # as draw_seed
         else:
             seed = rng.draw_seed()
     if isinstance(seed, Tensor):

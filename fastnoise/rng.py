@@ -29,6 +29,7 @@ __all__ = [
     "PHILOX_KEY_B",
     "PHILOX_ROUND_A",
     "PHILOX_ROUND_B",
+    "SEED_LIMIT",
     "UINT32_TO_UNIFORM_SCALE",
     "philox4x32",
     "random_words",
@@ -50,7 +51,7 @@ MIN_UNIFORM_FOR_LOG = 1.0e-7  # tl.randn clamps u1 before log
 TWO_PI = 6.283185307179586
 
 _MASK32 = 0xFFFFFFFF
-_SEED_LIMIT = 2**63  # seeds are non-negative int64 so every backend can take them
+SEED_LIMIT = 2**63  # seeds are non-negative int64 so every backend can take them
 
 
 def _mulhilo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,7 +93,7 @@ def philox4x32(
 def _check_seed_offset(seed: int, offset: int) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be a Python int, got {type(seed).__name__}")
-    if not 0 <= seed < _SEED_LIMIT:
+    if not 0 <= seed < SEED_LIMIT:
         raise ValueError(f"seed must be in [0, 2**63), got {seed}")
     if isinstance(offset, bool) or not isinstance(offset, int):
         raise TypeError(f"offset must be a Python int, got {type(offset).__name__}")
@@ -187,4 +188,4 @@ def draw_seed(seed: int | None = None, generator: torch.Generator | None = None)
     if seed is not None:
         _check_seed_offset(seed, 0)
         return seed
-    return int(torch.randint(0, _SEED_LIMIT - 1, (), generator=generator, dtype=torch.int64))
+    return int(torch.randint(0, SEED_LIMIT - 1, (), generator=generator, dtype=torch.int64))
