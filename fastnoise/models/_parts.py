@@ -9,16 +9,15 @@ import torch
 from torch import nn
 
 from fastnoise import _validation as v
+from fastnoise.data.catalog import DATASETS
 from fastnoise.nn.factory import check_noise_kind, noise_layer
 from fastnoise.nn.normalize import Normalize
 from fastnoise.nn.pni import add_weight_noise
 from fastnoise.nn.pnil import PNIL
 
-# Per-channel statistics of the training sets, on [0, 1] pixels.
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-MNIST_MEAN = (0.1307,)
-MNIST_STD = (0.3081,)
+# Default normalization: the training-set statistics the data catalog records.
+CIFAR10_MEAN, CIFAR10_STD = DATASETS["cifar10"].mean, DATASETS["cifar10"].std
+MNIST_MEAN, MNIST_STD = DATASETS["mnist"].mean, DATASETS["mnist"].std
 
 
 @dataclass(frozen=True)
