@@ -66,12 +66,13 @@ def check_non_negative_tensor(name: str, value: torch.Tensor) -> None:
     asserts asynchronously, so the forward never waits on the device."""
     if value.numel() == 0:
         return
+    # One pass: NaN >= 0 is False, so this also rejects NaN.
+    ok = (value.detach() >= 0).all()
     if value.device.type == "cpu" and not torch.compiler.is_compiling():
-        bad = value.detach()
-        if bool((bad < 0).any()) or bool(torch.isnan(bad).any()):
-            raise ValueError(f"{name} must be non-negative and not NaN (min {bad.min().item()})")
+        if not bool(ok):
+            raise ValueError(f"{name} must be non-negative and not NaN (min {value.min().item()})")
     elif value.device.type != "meta":
-        torch._assert_async((value.detach() >= 0).all(), f"{name} must be non-negative")
+        torch._assert_async(ok, f"{name} must be non-negative and not NaN")
 
 
 def check_non_negative_number(name: str, value: object) -> float:
