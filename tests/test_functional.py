@@ -142,6 +142,11 @@ def test_top_level_reexports():
             ValueError,
             "sigma",
         ),
+        (
+            lambda: F.inject_noise(torch.rand(2, 3), torch.tensor([0.1, float("nan"), 0.2])),
+            ValueError,
+            "sigma",
+        ),
         (lambda: F.inject_noise(torch.rand(2, 3), torch.ones(4)), ValueError, "sigma"),
         (lambda: F.inject_noise(torch.rand(2, 3), torch.ones(2, 3)), ValueError, "sigma"),
         (lambda: F.inject_noise([1.0, 2.0], 0.1), TypeError, "x"),
