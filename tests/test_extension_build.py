@@ -117,7 +117,13 @@ def test_failed_build_warns_once_and_reference_keeps_working(tmp_path):
         assert torch.allclose(y, fastnoise.rng.randn((2, 3), 1))
         print("ok")
         """,
-        env={"FASTNOISE_EXT_DIR": str(tmp_path / "ext"), "FASTNOISE_BUILD_CUDA": "0"},
+        # FORCE_JIT: the README's main command leaves an ahead-of-time build in the tree,
+        # which would otherwise load and never reach the broken JIT build under test
+        env={
+            "FASTNOISE_EXT_DIR": str(tmp_path / "ext"),
+            "FASTNOISE_BUILD_CUDA": "0",
+            "FASTNOISE_FORCE_JIT": "1",
+        },
         timeout=300,
     )
     assert "ok" in out
