@@ -16,16 +16,18 @@ from fastnoise import _extension, rng
 from fastnoise._backends import cpp
 from fastnoise._backends import reference as ref
 
+from tolerances import assert_close_ulps
+
 Z_ATOL = 2e-6  # spec normals: |z_cpp - z_ref|
 
-# Output tolerances per activation dtype: one rounding of the dtype on top of Z_ATOL.
+# Output tolerances per activation dtype: float32 error of z (Z_ATOL) times the scale.
+# fp16/bf16 outputs are float32 results rounded once: within one ulp (tests/tolerances.py).
 TOLERANCES = {
     torch.float32: dict(rtol=1e-5, atol=1e-5),
     torch.float64: dict(rtol=1e-6, atol=1e-5),
-    torch.float16: dict(rtol=2e-3, atol=2e-3),
-    torch.bfloat16: dict(rtol=1.6e-2, atol=1.6e-2),
 }
-DTYPES = list(TOLERANCES)
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+DTYPES = [*TOLERANCES, *LOW_PRECISION]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -68,7 +70,10 @@ def _param(shape: tuple[int, ...], seed: int, positive: bool = False) -> torch.T
 
 def _close(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) -> None:
     assert got.dtype == want.dtype and got.shape == want.shape
-    torch.testing.assert_close(got.double(), want.double(), **TOLERANCES[dtype])
+    if dtype in LOW_PRECISION:
+        assert_close_ulps(got, want, dtype=dtype, atol=TOLERANCES[torch.float32]["atol"])
+    else:
+        torch.testing.assert_close(got.double(), want.double(), **TOLERANCES[dtype])
 
 
 def _grad_close(got: torch.Tensor, want: torch.Tensor, terms: int) -> None:
@@ -142,10 +147,10 @@ def test_uniform_statistics():
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("sigma_shape", SIGMA_SHAPES, ids=str)
-def test_noise_injection(dtype, layout, sigma_shape):
+def test_noise_injection(dtype, layout, sigma_shape, seed_offset):
     x = _layouts(SHAPE, dtype, seed=1)[layout]
     sigma = _param(sigma_shape, seed=2, positive=True)
-    seed, offset = 4242, 2**32 - 7
+    seed, offset = seed_offset
     _close(
         cpp.noise_forward(x, sigma, seed, offset), ref.noise_forward(x, sigma, seed, offset), dtype
     )
@@ -161,10 +166,10 @@ def test_noise_injection(dtype, layout, sigma_shape):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("param_shape", SIGMA_SHAPES, ids=str)
-def test_pnil(dtype, layout, param_shape):
+def test_pnil(dtype, layout, param_shape, seed_offset):
     x = _layouts(SHAPE, dtype, seed=5)[layout]
     weight, bias = _param(param_shape, seed=6), _param(param_shape, seed=7)
-    seed, offset = 99, 2**29 + 3
+    seed, offset = seed_offset
     _close(
         cpp.pnil_forward(x, weight, bias, seed, offset),
         ref.pnil_forward(x, weight, bias, seed, offset),
@@ -179,15 +184,16 @@ def test_pnil(dtype, layout, param_shape):
     _grad_close(got[2], want[2], terms)
 
 
-def test_long_flat_input_crosses_many_tiles_and_threads():
+def test_long_flat_input_crosses_many_tiles_and_threads(seed_offset):
     """A size that is no multiple of a tile, with per-feature params of odd length."""
     x = torch.randn(3, 40_001)
     sigma = torch.rand(40_001)
+    s, o = seed_offset
     torch.testing.assert_close(
-        cpp.noise_forward(x, sigma, 8, 1), ref.noise_forward(x, sigma, 8, 1), rtol=1e-5, atol=1e-5
+        cpp.noise_forward(x, sigma, s, o), ref.noise_forward(x, sigma, s, o), rtol=1e-5, atol=1e-5
     )
     _grad_close(
-        cpp.noise_backward_sigma(x, sigma, 8, 1), ref.noise_backward_sigma(x, sigma, 8, 1), 3
+        cpp.noise_backward_sigma(x, sigma, s, o), ref.noise_backward_sigma(x, sigma, s, o), 3
     )
 
 
@@ -228,13 +234,13 @@ def test_empty_tensors(shape):
     assert cpp.random_words(0, 1, 0).shape == (0,)
 
 
-def test_mixed_parameter_dtype():
+def test_mixed_parameter_dtype(seed_offset):
     """A float32 parameter with a bfloat16 activation (autocast): gradient in float32."""
     x = torch.randn(4, 3, 5, 5).bfloat16()
     sigma = _param((3, 1, 1), seed=13, positive=True)
-    got = cpp.noise_backward_sigma(x, sigma, 3, 0)
+    got = cpp.noise_backward_sigma(x, sigma, *seed_offset)
     assert got.dtype == torch.float32
-    _grad_close(got, ref.noise_backward_sigma(x, sigma, 3, 0), 100)
+    _grad_close(got, ref.noise_backward_sigma(x, sigma, *seed_offset), 100)
 
 
 # --- errors -----------------------------------------------------------------------------
@@ -279,24 +285,28 @@ def test_opcheck(name, args):
     torch.library.opcheck(op, args)  # schema, fake kernel, autograd registration, AOT dispatch
 
 
-def test_functional_api_runs_on_cpp_backend():
+def test_functional_api_runs_on_cpp_backend(seed_offset):
     """Through fastnoise.functional (autograd regenerates the noise): same as the reference."""
     from fastnoise import functional
     from fastnoise._dispatch import use_backend
 
     x = torch.randn(4, 3, 6, 6, requires_grad=True)
     sigma = torch.full((3, 1, 1), 0.3, requires_grad=True)
+    weight = torch.full((3, 6, 6), 0.2, requires_grad=True)
+    bias = torch.zeros(6, requires_grad=True)
+    seed, offset = seed_offset
     results = {}
     for name in ("cpp", "torch"):
         with use_backend(name):
-            y = functional.inject_noise(x, sigma, seed=17)
-            gx, gs = torch.autograd.grad(y.square().sum(), (x, sigma))
-        results[name] = (y.detach(), gx, gs)
+            y = functional.inject_noise(x, sigma, seed=seed, offset=offset)
+            y = functional.pnil(y, weight, bias, seed=seed + 1, offset=offset)
+            grads = torch.autograd.grad(y.square().sum(), (x, sigma, weight, bias))
+        results[name] = (y.detach(), *grads)
     for got, want in zip(results["cpp"], results["torch"], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_gradcheck_float64_through_functional():
+def test_gradcheck_float64_through_functional(seed_offset):
     from fastnoise import functional
     from fastnoise._dispatch import use_backend
 
@@ -304,11 +314,14 @@ def test_gradcheck_float64_through_functional():
     w = (torch.randn(3, 4, dtype=torch.float64) * 0.1).requires_grad_()
     b = (torch.randn(4, dtype=torch.float64) * 0.1).requires_grad_()
     sigma = torch.rand(3, 1, dtype=torch.float64).add_(0.1).requires_grad_()
+    seed, offset = seed_offset
     with use_backend("cpp"):
         assert torch.autograd.gradcheck(
-            lambda x, s: functional.inject_noise(x, s, seed=3), (x, sigma)
+            lambda x, s: functional.inject_noise(x, s, seed=seed, offset=offset), (x, sigma)
         )
-        assert torch.autograd.gradcheck(lambda *t: functional.pnil(*t, seed=5), (x, w, b))
+        assert torch.autograd.gradcheck(
+            lambda *t: functional.pnil(*t, seed=seed, offset=offset), (x, w, b)
+        )
 
 
 def test_benchmark_baselines_match_the_reference():
@@ -335,37 +348,6 @@ def test_benchmark_baselines_match_the_reference():
     )
 
 
-@pytest.mark.parametrize("isa", ["generic", "avx2"])
-def test_every_cpu_path_matches_spec(isa):
-    """The tiles of narrower CPUs (portable C++, AVX2), forced by FASTNOISE_CPU_ISA; the
-    widest path this CPU has runs in every other test."""
-    import os
-    import subprocess
-    import sys
-
-    code = f"""
-import torch
-from fastnoise import _extension, rng
-from fastnoise._backends import cpp
-if _extension.cpu_isa() != {isa!r}:
-    print("skip: this CPU lacks", {isa!r}, "and runs", _extension.cpu_isa())
-    raise SystemExit(0)
-z = cpp.noise_forward(torch.zeros(1, 50_001), torch.ones(()), 3, 2**32 - 9)
-assert (z - rng.randn((1, 50_001), 3, 2**32 - 9)).abs().max().item() <= 2e-6
-u = cpp.random_start(torch.zeros(1, 50_001), 1.0, 3, 5, 0.0, 1.0, False)
-assert (u - (2 * rng.rand((1, 50_001), 3, 5) - 1)).abs().max().item() <= 2e-7
-print("ok")
-"""
-    env = {**os.environ, "FASTNOISE_CPU_ISA": isa}
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    if "skip:" in result.stdout:
-        pytest.skip(result.stdout.strip())
-    assert "ok" in result.stdout, result.stdout + result.stderr
-
-
 # --- the same checks for the CUDA kernels, where a GPU is present -----------------------
 
 needs_cuda_kernels = pytest.mark.skipif(
@@ -390,7 +372,7 @@ def test_cuda_words_and_normals_match_spec():
 @needs_cuda_kernels
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
-def test_cuda_ops_match_reference(dtype, layout):
+def test_cuda_ops_match_reference(dtype, layout, seed_offset):
     from fastnoise._backends import cuda
 
     def dev(t):
@@ -400,7 +382,7 @@ def test_cuda_ops_match_reference(dtype, layout):
     grad_y = dev(_layouts(SHAPE, dtype, seed=22)[layout])
     sigma = dev(_param((3, 1, 1), seed=23, positive=True))
     w, b = dev(_param((3, 7, 9), seed=24)), dev(_param((9,), seed=25))
-    seed, offset = 5, 2**32 - 7
+    seed, offset = seed_offset
     _close(
         cuda.noise_forward(x, sigma, seed, offset).cpu(),
         ref.noise_forward(x, sigma, seed, offset).cpu(),

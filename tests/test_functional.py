@@ -57,10 +57,13 @@ def test_fresh_seed_per_call_and_manual_seed_reproduces():
 
 
 @pytest.mark.parametrize("sigma_shape", [(3, 5, 7), (3, 1, 1), ()])
-def test_inject_noise_gradcheck_float64(sigma_shape):
+def test_inject_noise_gradcheck_float64(sigma_shape, seed_offset):
     x = torch.rand(2, 3, 5, 7, dtype=torch.float64, requires_grad=True)
     sigma = (torch.rand(sigma_shape, dtype=torch.float64) + 0.1).requires_grad_()
-    assert torch.autograd.gradcheck(lambda a, s: F.inject_noise(a, s, seed=17), (x, sigma))
+    seed, offset = seed_offset
+    assert torch.autograd.gradcheck(
+        lambda a, s: F.inject_noise(a, s, seed=seed, offset=offset), (x, sigma)
+    )
 
 
 def test_pnil_matches_equations_2_and_3():
@@ -73,11 +76,14 @@ def test_pnil_matches_equations_2_and_3():
 
 
 @pytest.mark.parametrize("param_shape", [(3, 5, 7), (3, 1, 1)])
-def test_pnil_gradcheck_float64(param_shape):
+def test_pnil_gradcheck_float64(param_shape, seed_offset):
     x = torch.rand(2, 3, 5, 7, dtype=torch.float64, requires_grad=True)
     w = (torch.randn(param_shape, dtype=torch.float64) * 0.3).requires_grad_()
     b = (torch.randn(param_shape, dtype=torch.float64) * 0.3 - 1).requires_grad_()
-    assert torch.autograd.gradcheck(lambda a, c, d: F.pnil(a, c, d, seed=23), (x, w, b))
+    seed, offset = seed_offset
+    assert torch.autograd.gradcheck(
+        lambda a, c, d: F.pnil(a, c, d, seed=seed, offset=offset), (x, w, b)
+    )
 
 
 def test_backward_regenerates_noise_instead_of_saving_it():

@@ -58,9 +58,9 @@ def test_opcheck_channels_last(backend):
         assert op(*args).is_contiguous(memory_format=torch.channels_last)
 
 
-def test_gradcheck_float64(backend):
+def test_gradcheck_float64(backend, seed_offset):
     x, sigma, weight, bias = _inputs(dtype=torch.float64)
-    state = _ops.make_rng_state(123, 4)
+    state = _ops.make_rng_state(*seed_offset)
     assert torch.autograd.gradcheck(lambda a, s: _ops.noise_injection(a, s, state), (x, sigma))
     assert torch.autograd.gradcheck(lambda a, w, b: _ops.pnil(a, w, b, state), (x, weight, bias))
 

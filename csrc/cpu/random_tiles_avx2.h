@@ -3,19 +3,31 @@
 // not vectorize the scalar lane loop well (the 32x32->64-bit products turn into
 // shuffles). Same operations in the same order as philox.h, so the results agree to
 // rounding (FMA) with the portable path and with the reference.
+//
+// FASTNOISE_EMULATE_SIMD (tests/isa_emulation only, never the extension): the includer has
+// already included SIMDe with native aliases, so these same lines compile to portable code
+// and the tile logic is tested on any CPU; the target attributes are then dropped.
 #pragma once
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(FASTNOISE_EMULATE_SIMD)
 #define FASTNOISE_HAVE_AVX2_TILES 1
-
+#define FN_TARGET_AVX2
+#define FN_TARGET_AVX512
+#elif defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define FASTNOISE_HAVE_AVX2_TILES 1
+#define FN_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define FN_TARGET_AVX512 __attribute__((target("avx512f,avx512dq,avx2,fma")))
 #include <immintrin.h>
+#endif
+
+#if defined(FASTNOISE_HAVE_AVX2_TILES)
 
 #include <cstdint>
 
 #include "../philox.h"
 #include "random_tiles.h"
 
-#define FN_AVX2 static inline __attribute__((target("avx2,fma"), always_inline))
+#define FN_AVX2 static inline FN_TARGET_AVX2 __attribute__((always_inline))
 
 namespace fastnoise {
 namespace cpu {
@@ -154,8 +166,7 @@ FN_AVX2 void store_interleaved(float* out, __m256 v0, __m256 v1, __m256 v2, __m2
   _mm256_storeu_ps(out + 24, _mm256_permute2f128_ps(a2, a3, 0x31));
 }
 
-__attribute__((target("avx2,fma"))) inline void normal_tile(uint64_t seed, uint64_t first_counter,
-                                                            float* z) {
+FN_TARGET_AVX2 inline void normal_tile(uint64_t seed, uint64_t first_counter, float* z) {
   for (int64_t block = 0; block < kTileCounters; block += 8) {
     __m256i w[4];
     philox8(first_counter + static_cast<uint64_t>(block), seed, w);
@@ -166,8 +177,7 @@ __attribute__((target("avx2,fma"))) inline void normal_tile(uint64_t seed, uint6
   }
 }
 
-__attribute__((target("avx2,fma"))) inline void uniform_tile(uint64_t seed, uint64_t first_counter,
-                                                             float* u) {
+FN_TARGET_AVX2 inline void uniform_tile(uint64_t seed, uint64_t first_counter, float* u) {
   for (int64_t block = 0; block < kTileCounters; block += 8) {
     __m256i w[4];
     philox8(first_counter + static_cast<uint64_t>(block), seed, w);

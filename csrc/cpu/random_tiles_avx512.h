@@ -7,7 +7,7 @@
 #if defined(FASTNOISE_HAVE_AVX2_TILES)
 #define FASTNOISE_HAVE_AVX512_TILES 1
 
-#define FN_AVX512 static inline __attribute__((target("avx512f,avx512dq,avx2,fma"), always_inline))
+#define FN_AVX512 static inline FN_TARGET_AVX512 __attribute__((always_inline))
 
 namespace fastnoise {
 namespace cpu {
@@ -134,8 +134,7 @@ FN_AVX512 void store_interleaved(float* out, __m512 v0, __m512 v1, __m512 v2, __
   avx2::store_interleaved(out + 32, high_half(v0), high_half(v1), high_half(v2), high_half(v3));
 }
 
-__attribute__((target("avx512f,avx512dq,avx2,fma"))) inline void normal_tile(
-    uint64_t seed, uint64_t first_counter, float* z) {
+FN_TARGET_AVX512 inline void normal_tile(uint64_t seed, uint64_t first_counter, float* z) {
   for (int64_t block = 0; block < kTileCounters; block += 16) {
     __m512i w[4];
     philox16(first_counter + static_cast<uint64_t>(block), seed, w);
@@ -146,8 +145,7 @@ __attribute__((target("avx512f,avx512dq,avx2,fma"))) inline void normal_tile(
   }
 }
 
-__attribute__((target("avx512f,avx512dq,avx2,fma"))) inline void uniform_tile(
-    uint64_t seed, uint64_t first_counter, float* u) {
+FN_TARGET_AVX512 inline void uniform_tile(uint64_t seed, uint64_t first_counter, float* u) {
   for (int64_t block = 0; block < kTileCounters; block += 16) {
     __m512i w[4];
     philox16(first_counter + static_cast<uint64_t>(block), seed, w);
