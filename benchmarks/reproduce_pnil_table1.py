@@ -64,6 +64,7 @@ def train(args, dataset: str, pnil: bool) -> tuple[torch.nn.Module, dict, float]
         preset, epochs=args.epochs, train_limit=args.train_limit, holdout=args.holdout,
         data_root=args.data_root, seed=args.seed, out=str(Path(args.out) / preset),
         progress=args.progress, cycle_epochs=max(args.epochs / 2, 0.5),
+        overwrite=True,  # a rerun replaces this script's own runs
     )  # fmt: skip
     t0 = time.perf_counter()
     result = fit(config)

@@ -26,7 +26,9 @@ EPS = 8 / 255  # PNIL paper's MNIST budget
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    parser.add_argument(
+        "--out", default="runs/demo", help="output folder, replaced on a rerun (default runs/demo)"
+    )
     parser.add_argument("--epochs", type=int, default=3, help="training epochs per model")
     parser.add_argument("--train-limit", type=int, default=5000, help="training images used")
     parser.add_argument("--eval-samples", type=int, default=160, help="test images attacked")
@@ -49,6 +51,7 @@ def demo_configs(args: argparse.Namespace) -> dict[str, object]:
         eps=EPS, seed=args.seed, device=args.device, progress=args.progress,
         holdout=min(100, args.train_limit // 5),
         val_pgd_steps=3,
+        overwrite=True,  # the demo's folders are its own: a rerun replaces them
     )  # fmt: skip
     pnil = TrainConfig(
         method="nfgsm", pnil=True, out=str(out / "pnil-nfgsm"), batch_size=100,

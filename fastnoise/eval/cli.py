@@ -18,11 +18,13 @@ import math
 import os
 import sys
 from collections.abc import Callable, Iterator
-from fractions import Fraction
 from typing import Any
 
 import torch
 from torch import nn
+
+from fastnoise.cli_errors import CLIError
+from fastnoise.cli_values import parse_fraction_list
 
 __all__ = ["add_arguments", "run", "parse_eps", "load_model", "pgd_step_size"]
 
@@ -32,20 +34,14 @@ DEFAULT_ATTACKS = "fgsm,pgd,eot-pgd"
 
 
 def parse_eps(text: str) -> list[float]:
-    """``"8/255"`` -> ``[0.0313...]``; ``"2/255,8/255"`` -> two values; ``inf`` allowed."""
-    values = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            value = float(part) if part.lower() in ("inf", "infinity") else float(Fraction(part))
-        except (ValueError, ZeroDivisionError):
-            raise argparse.ArgumentTypeError(
-                f"--eps expects numbers or fractions like 8/255, comma-separated; got {part!r}"
-            ) from None
-        if value < 0 or math.isnan(value):
-            raise argparse.ArgumentTypeError(f"--eps values must be >= 0, got {part!r}")
-        values.append(value)
-    return values
+    """``"8/255"`` -> ``[0.0313...]``; ``"2/255,8/255"`` -> two values; ``inf`` allowed
+    (the same number parser as ``fastnoise train --eps``)."""
+    try:
+        return parse_fraction_list(text)
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(
+            f"--eps expects numbers or fractions like 8/255, comma-separated: {error}"
+        ) from None
 
 
 def _attack_names(text: str) -> list[str]:
@@ -55,60 +51,116 @@ def _attack_names(text: str) -> list[str]:
     return names
 
 
+def _dataset_name(text: str) -> str:
+    from fastnoise.data import dataset_info
+
+    try:
+        return dataset_info(text).name  # aliases such as fashion_mnist
+    except ValueError:
+        return text  # argparse's choices check names the valid ones
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from fastnoise.attacks import ATTACK_NAMES
+    from fastnoise.data import DATASETS
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the example's line
+    parser.description = (
+        "Evaluate a training checkpoint against the attack suite, with the noise redrawn\n"
+        "--repeats times, and write report.md, report.json and plots. Pixels are in [0, 1],\n"
+        "so budgets are in those units: --eps 8/255."
+    )
+    parser.epilog = (
+        "example:\n  fastnoise eval --checkpoint runs/pnil/best.pt --attacks fgsm,pgd,eot-pgd "
+        "--eps 8/255 --limit 1000"
+    )
     parser.add_argument("--checkpoint", required=True, help="model checkpoint (.pt) to evaluate")
     parser.add_argument(
         "--dataset",
         default=None,
-        help="mnist, fashion-mnist, cifar10, cifar100, embedded "
-        "(default: the checkpoint's 'dataset' entry)",
+        type=_dataset_name,
+        choices=list(DATASETS),
+        help="test set to attack (default: the data set the checkpoint was trained on)",
     )
-    parser.add_argument("--root", default=None, help="dataset folder (torchvision layout)")
+    parser.add_argument(
+        "--data-root",
+        "--root",
+        dest="root",
+        default=None,
+        metavar="DIR",
+        help="folder holding the data set in torchvision's layout "
+        "(default: $FASTNOISE_DATA_ROOT, else the default folder)",
+    )
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help="download the data set into the data folder if it is missing (needs internet)",
+    )
     parser.add_argument(
         "--attacks",
         type=_attack_names,
         default=_attack_names(DEFAULT_ATTACKS),
-        help="comma list from fgsm,pgd,eot-pgd,cw,spsa,pixel,apgd,apgd-dlr,transfer "
-        f"(default {DEFAULT_ATTACKS})",
+        metavar="NAMES",
+        help=f"comma-separated attacks from {','.join(ATTACK_NAMES)} (default: {DEFAULT_ATTACKS})",
     )
     parser.add_argument(
         "--eps",
         type=parse_eps,
         default=parse_eps("8/255"),
-        help="budget, e.g. 8/255; a comma list also sweeps accuracy vs eps (first = table)",
+        metavar="EPS",
+        help="L-inf budget in pixel units, e.g. 8/255 (default: 8/255); a comma list also "
+        "sweeps accuracy against eps, and its first value is the table's budget",
     )
     parser.add_argument(
         "--l2-eps",
         type=float,
         default=math.inf,
-        help="L2 bound for the minimum-norm CW attack (default: none, as in Learn2Perturb)",
+        help="L2 radius bound of the minimum-norm CW attack, in pixel units "
+        "(default: none, as in Learn2Perturb)",
     )
     parser.add_argument(
-        "--pgd-steps", type=int, default=7, help="steps of pgd/eot-pgd/transfer (default 7)"
+        "--pgd-steps", type=int, default=7, help="steps of pgd, eot-pgd and transfer (default: 7)"
     )
     parser.add_argument(
         "--alpha",
         type=float,
         default=None,
-        help="PGD step size (default: max(0.01, 2 * eps / steps), so the ball is reachable)",
+        help="PGD step size in pixel units (default: max(0.01, 2 * eps / steps), so every "
+        "point of the eps-ball is reachable)",
     )
     parser.add_argument(
-        "--eot", type=int, default=None, help="noise draws per gradient for eot-pgd and apgd"
+        "--eot",
+        type=int,
+        default=None,
+        help="noise draws averaged per gradient by eot-pgd and apgd (default: the attack's own)",
     )
     parser.add_argument(
-        "--spsa-steps", type=int, default=100, help="SPSA iterations (default 100, as the paper)"
+        "--spsa-steps", type=int, default=100, help="SPSA iterations (default: 100, as the paper)"
     )
     parser.add_argument(
         "--spsa-samples",
         type=int,
         default=2048,
-        help="SPSA perturbation samples per step (default 2048; lower it for a quick CPU run)",
+        help="SPSA perturbation samples per step (default: 2048; lower it for a quick CPU run)",
     )
-    parser.add_argument("--repeats", type=int, default=5, help="noise redraws (default 5)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N samples")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--out", default=None, help="report folder (default: <checkpoint>-eval)")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="evaluations with fresh noise, reported as mean and std (default: 5)",
+    )
+    parser.add_argument(
+        "--limit", type=int, default=None, help="attack only the first N test images (default: all)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=256, help="images per batch (default: 256)"
+    )
+    parser.add_argument(
+        "--out", default=None, help="report folder (default: the checkpoint's path + '-eval')"
+    )
+    parser.add_argument(
+        "--device", default=None, help="cuda, cuda:N or cpu (default: cuda if there is one)"
+    )
     parser.add_argument(
         "--source-checkpoint", default=None, help="surrogate model for the transfer attack"
     )
@@ -116,12 +168,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sweep-attacks",
         type=_attack_names,
         default=None,
+        metavar="NAMES",
         help="attacks to sweep when --eps is a list (default: the L-inf white-box ones)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed for noise and attacks")
-    parser.add_argument("--check-samples", type=int, default=64, help="samples for self-checks")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of noise and attacks (default: 0)"
+    )
+    parser.add_argument(
+        "--check-samples", type=int, default=64, help="images used by the self-checks (default: 64)"
+    )
     parser.add_argument("--no-checks", action="store_true", help="skip the self-checks")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.add_argument(
         "--strict", action="store_true", help="exit with status 1 if any self-check fails"
     )
@@ -134,8 +191,19 @@ def load_model(path: str, device: torch.device) -> nn.Module:
     return train_load_model(path, device)
 
 
-def _checkpoint_entry(path: str, key: str) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=True).get(key)
+def _read_checkpoint(path: str) -> dict[str, Any]:
+    from fastnoise.train.checkpoint import load_checkpoint
+
+    try:
+        return load_checkpoint(path)
+    except ValueError:  # a torch file but not a fastnoise checkpoint: its message says so
+        raise
+    except Exception as error:  # a truncated file, or not a torch file at all
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise CLIError(
+            f"--checkpoint {path!r} is not a readable checkpoint ({type(error).__name__}: "
+            f"{first_line})"
+        ) from None
 
 
 class _TensorBatches:
@@ -215,13 +283,15 @@ def run(args: argparse.Namespace) -> int:
     if "transfer" in args.attacks and not args.source_checkpoint:
         return _error("the transfer attack needs --source-checkpoint (the surrogate model)")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dataset = args.dataset or _checkpoint_entry(args.checkpoint, "dataset")
+    checkpoint = _read_checkpoint(args.checkpoint)  # a bad file fails here, in one line
+    dataset = args.dataset or checkpoint.get("dataset")
     if not dataset:
         return _error("--dataset is required (the checkpoint does not name its dataset)")
 
     model = load_model(args.checkpoint, device)
     source = load_model(args.source_checkpoint, device) if args.source_checkpoint else None
-    x, y = as_tensors(load_dataset(dataset, root=args.root, train=False), limit=args.limit)
+    test_set = load_dataset(dataset, root=args.root, train=False, download=args.download)
+    x, y = as_tensors(test_set, limit=args.limit)
     loader = _TensorBatches(x.to(device), y.to(device), args.batch_size)
     eps = args.eps[0]
     build_attack = _attack_builder(args, model, source)
@@ -263,7 +333,7 @@ def run(args: argparse.Namespace) -> int:
 
     report.meta.update(
         checkpoint=os.path.abspath(args.checkpoint),
-        model_config=_checkpoint_entry(args.checkpoint, "model_config"),
+        model_config=checkpoint.get("model_config"),
         dataset=dataset,
         attacks=list(args.attacks),
         eps=list(args.eps),

@@ -35,6 +35,7 @@ class TrainConfig:
     # data
     dataset: str = "mnist"
     data_root: str | None = None
+    download: bool = False  # fetch the data set into data_root if it is missing
     train_limit: int | None = None  # use only the first N training images
     holdout: int = 0  # images held out of training for validation / early stopping
     augment: bool = False  # random crop (pad 4) + horizontal flip, CIFAR style
@@ -82,7 +83,8 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     out: str = "runs/train"
-    resume: bool = False
+    resume: bool = False  # continue from out/last.pt (same data, model, method and eps)
+    overwrite: bool = False  # replace a run already in out instead of refusing
     plots: bool = True
     progress: bool = True
 
@@ -116,6 +118,8 @@ class TrainConfig:
             )
         if self.noise_off_epochs < 0 or self.holdout < 0:
             raise ValueError("noise_off_epochs and holdout must be >= 0")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other: continue or replace")
         if list(self.milestones) != sorted(self.milestones):
             raise ValueError(f"milestones must be increasing, got {self.milestones}")
 

@@ -38,10 +38,16 @@ from fastnoise.train.checkpoint import (
 from fastnoise.train.config import TrainConfig
 from fastnoise.train.methods import TrainingMethod, build_method
 from fastnoise.train.noise_params import pnil_layer, theta_means
+from fastnoise.train.run_folder import (
+    BEST,
+    LAST,
+    METRICS,
+    claim_output_folder,
+    read_resume_point,
+)
 
 __all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "fit", "model_config_for"]
 
-LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
 _NONFINITE_CHECK_EVERY = 20  # steps between host syncs for the NaN check and the bar
 _RANK_SEED_STRIDE = 1_000_003  # rank r draws its noise from torch.manual_seed(seed + r*stride)
 
@@ -91,7 +97,9 @@ def _build_model(model_config: dict[str, Any]) -> nn.Module:
 def _load_tensors(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
     from fastnoise.data import as_tensors, load_dataset
 
-    dataset = load_dataset(config.dataset, root=config.data_root, train=True)
+    dataset = load_dataset(
+        config.dataset, root=config.data_root, train=True, download=config.download
+    )
     return as_tensors(dataset, limit=config.train_limit)
 
 
@@ -131,6 +139,7 @@ class Trainer:
         self._data = data
         self.model_config = model_config or model_config_for(config)
         self.out_dir = Path(config.out)
+        self._config_changes: list[dict[str, Any]] = []  # filled by a resume
 
     # -- setup ------------------------------------------------------------------------
     def _precision(self, device: torch.device):
@@ -202,6 +211,7 @@ class Trainer:
             "best": best,
             "stopped_early": stopped,
             "config": self.config.to_dict(),
+            "config_changes": self._config_changes,  # what a resume changed, and when
             "rank_seed_probe": self._rank_probe,  # first noise seed of each rank
         }
 
@@ -227,6 +237,11 @@ class Trainer:
 
     def _fit(self, dist_info: D.DistInfo, device: torch.device) -> TrainResult:
         c = self.config
+        autocast, scaler = self._precision(device)  # before any work: a bad pair fails fast
+        last_path = self.out_dir / LAST
+        claim_output_folder(c, self.out_dir, dist_info.is_main)
+        say = tqdm.write if dist_info.is_main else (lambda _message: None)
+        ckpt, self._config_changes = read_resume_point(c, last_path, say)
         torch.manual_seed(c.seed)
         np.random.seed(c.seed)
         random.seed(c.seed)
@@ -255,7 +270,6 @@ class Trainer:
             )
         if c.compile:
             train_forward = torch.compile(train_forward)
-        autocast, scaler = self._precision(device)
         method = build_method(
             c, model, train_forward=train_forward, autocast=autocast, scaler=scaler
         )
@@ -263,12 +277,10 @@ class Trainer:
         metrics: list[dict[str, Any]] = []
         best: dict[str, Any] | None = None
         start_epoch, global_step, stopped = 0, 0, False
-        last_path = self.out_dir / LAST
-        if c.resume and last_path.is_file():
-            ckpt = load_checkpoint(last_path, map_location=device)
+        if ckpt is not None:
             model.load_state_dict(ckpt["model"])
             for k, opt in method.optimizers.items():
-                opt.load_state_dict(ckpt["optimizers"][k])
+                _load_optimizer_state(opt, ckpt["optimizers"][k])
             if scaler is not None and ckpt["scaler"] is not None:
                 scaler.load_state_dict(ckpt["scaler"])
             states = ckpt["rng"]
@@ -308,25 +320,25 @@ class Trainer:
                 disable=not (c.progress and dist_info.is_main), dynamic_ncols=True,
             )  # fmt: skip
             lrs: dict[str, float] = {}
-            for step in bar:
-                idx = order[step * c.batch_size : (step + 1) * c.batch_size]
-                xb, yb = X[idx], Y[idx]
-                if c.augment:
-                    xb = _random_crop_flip(xb)
-                if c.channels_last:
-                    xb = xb.contiguous(memory_format=torch.channels_last)
-                lrs = method.set_learning_rate(epoch, step, steps)
-                stats = method.train_step(xb, yb, epoch)
-                loss = stats.pop("loss")
-                bad = ~torch.isfinite(loss) & (bad_step < 0)
-                bad_step = torch.where(bad, torch.full_like(bad_step, step), bad_step)
-                for k, val in stats.items():
-                    sums[k] = sums.get(k, 0) + val.detach().double()
-                global_step += 1
-                if (step + 1) % _NONFINITE_CHECK_EVERY == 0 or step + 1 == steps:
-                    self._raise_if_nonfinite(int(bad_step), epoch, last_path)
-                    bar.set_postfix(loss=f"{float(loss):.3f}")
-            bar.close()
+            with bar:  # closed (and cleared) on Ctrl-C too, before the CLI reports it
+                for step in bar:
+                    idx = order[step * c.batch_size : (step + 1) * c.batch_size]
+                    xb, yb = X[idx], Y[idx]
+                    if c.augment:
+                        xb = _random_crop_flip(xb)
+                    if c.channels_last:
+                        xb = xb.contiguous(memory_format=torch.channels_last)
+                    lrs = method.set_learning_rate(epoch, step, steps)
+                    stats = method.train_step(xb, yb, epoch)
+                    loss = stats.pop("loss")
+                    bad = ~torch.isfinite(loss) & (bad_step < 0)
+                    bad_step = torch.where(bad, torch.full_like(bad_step, step), bad_step)
+                    for k, val in stats.items():
+                        sums[k] = sums.get(k, 0) + val.detach().double()
+                    global_step += 1
+                    if (step + 1) % _NONFINITE_CHECK_EVERY == 0 or step + 1 == steps:
+                        self._raise_if_nonfinite(int(bad_step), epoch, last_path)
+                        bar.set_postfix(loss=f"{float(loss):.3f}")
             self._raise_if_nonfinite(int(bad_step), epoch, last_path)
             sums = D.all_reduce_sum(sums, dist_info)
             row = self._epoch_row(epoch, sums, lrs, logged, model, time.perf_counter() - t0)
@@ -344,8 +356,7 @@ class Trainer:
                 )
                 atomic_save(state, last_path)
                 self._write_metrics(metrics)
-                if c.progress:
-                    tqdm.write(_summary(row))
+                tqdm.write(_summary(row))  # also without bars: batch logs need one line an epoch
             D.barrier(dist_info)
 
         best_path = self.out_dir / BEST
@@ -436,6 +447,15 @@ class Trainer:
             plots.plot_pnil_variance(
                 layer, sample[0][:4].detach().cpu(), self.out_dir / "pnil_variance.png"
             )
+
+
+def _load_optimizer_state(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Restore momentum buffers and Adam moments but keep the hyperparameters this run
+    configured: a resume with a new lr or weight decay must train with them."""
+    configured = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    opt.load_state_dict(state)
+    for group, settings in zip(opt.param_groups, configured, strict=True):
+        group.update(settings)
 
 
 def _cpu_rng(state: dict[str, Any]) -> dict[str, Any]:
