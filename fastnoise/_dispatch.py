@@ -19,11 +19,13 @@ from types import ModuleType
 
 import torch
 
+from fastnoise._backend_report import BackendReport
 from fastnoise._backends import BACKEND_MODULES, load
 
 __all__ = [
     "AUTO",
     "BackendInfo",
+    "BackendReport",
     "BackendUnavailableError",
     "ENV_VAR",
     "backend_for",
@@ -119,8 +121,10 @@ def use_backend(name: str) -> Iterator[None]:
         _selected = previous
 
 
-def backends() -> list[BackendInfo]:
-    """Every registered backend, fastest first, with its availability and devices."""
+def backends() -> BackendReport:
+    """Every registered backend, fastest first, with its availability and devices: a list
+    of :class:`BackendInfo` that prints as a table, with the backend ``auto`` picks for
+    each device present here."""
     rows = []
     for name in BACKEND_MODULES:
         module, reason = _status(name)
@@ -128,7 +132,12 @@ def backends() -> list[BackendInfo]:
         if module is not None:
             devices = tuple(d for d in _DEVICE_TYPES if module.supports(torch.device(d)))
         rows.append(BackendInfo(name, module is not None and reason is None, reason, devices))
-    return rows
+    present = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+    try:
+        choice = get_backend()
+    except ValueError as error:  # a bad FASTNOISE_BACKEND: report it, the ops will raise it
+        choice = f"invalid: {error}"
+    return BackendReport(rows, present, choice)
 
 
 def _auto(device: torch.device) -> ModuleType:

@@ -9,6 +9,7 @@ import pytest
 matplotlib.use("Agg")  # tests write plots; no screen here or in CI
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+ROOT_ENV = "FASTNOISE_DATA_ROOT"
 
 # (seed, offset) for every test of a noise backward. Seeds below and above 2**32 (the
 # Philox key's high word) and offsets crossing and above 2**32 (the counter's high word):
@@ -25,13 +26,27 @@ def seed_offset(request) -> tuple[int, int]:
     return request.param
 
 
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"  # the project's copy, beside the checkout
+
+
 def shared_data_root() -> Path | None:
-    """MNIST/Fashion-MNIST in torchvision's layout: ../shared/data beside the checkout."""
-    candidates = [os.environ.get("FASTNOISE_DATA_ROOT"), REPO_ROOT.parent / "shared" / "data"]
+    """Real MNIST/Fashion-MNIST in torchvision's layout: ``$FASTNOISE_DATA_ROOT``, else
+    ../shared/data beside the checkout, else the library's default root."""
+    from fastnoise.data import default_root
+
+    candidates = [os.environ.get(ROOT_ENV), SHARED_DATA, default_root()]
     for candidate in candidates:
         if candidate and (Path(candidate) / "MNIST").is_dir():
             return Path(candidate)
     return None
+
+
+def pytest_configure(config) -> None:
+    # Code that passes no root reads $FASTNOISE_DATA_ROOT (the library's rule), so the whole
+    # session, CLI runs and subprocesses included, finds the real data wherever it was found.
+    root = shared_data_root()
+    if root is not None and not os.environ.get(ROOT_ENV):
+        os.environ[ROOT_ENV] = str(root)
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +54,7 @@ def data_root() -> Path:
     root = shared_data_root()
     if root is None:
         pytest.skip(
-            "real MNIST/Fashion-MNIST not found at ../shared/data (set FASTNOISE_DATA_ROOT)"
+            f"real MNIST/Fashion-MNIST not found in ${ROOT_ENV}, {SHARED_DATA} or the "
+            "default root (set FASTNOISE_DATA_ROOT)"
         )
     return root

@@ -156,3 +156,32 @@ def test_every_backend_gives_the_same_noise():
     assert "torch" in results
     for y in results.values():
         torch.testing.assert_close(y, results["torch"], atol=2e-6, rtol=1e-6)
+
+
+def test_backends_prints_a_table_with_what_auto_picks_per_device(monkeypatch):
+    gpu_fast = _fake_backend("triton", {"cuda"})
+    no_kernels = _fake_backend("cuda", {"cuda"}, reason="built without its CUDA sources")
+    broken_cpp = _fake_backend("cpp", {"cpu"}, reason="extension failed to build: no compiler")
+    _fake_status(monkeypatch, {"triton": gpu_fast, "cuda": no_kernels, "cpp": broken_cpp})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU "present"
+    report = fastnoise.backends()
+    lines = str(report).splitlines()
+    assert repr(report) == str(report)  # the REPL shows the table as well
+    row = {line.split()[0]: line for line in lines if line.startswith("  ")}
+    assert row["triton"].split()[1:3] == ["yes", "cuda"]
+    assert row["cpp"].split()[1:3] == ["no", "cpu"]
+    assert row["cpp"].endswith("extension failed to build: no compiler")  # why not, in full
+    assert row["cuda"].split()[1:3] == ["no", "cuda"]
+    assert row["cuda"].endswith("built without its CUDA sources")
+    assert row["torch"].split()[1:] == ["yes", "cpu,", "cuda"]
+    assert "auto picks: cpu -> torch, cuda -> triton" in lines
+    assert "in force: auto" in lines
+    assert [p.backend for p in report.auto] == ["torch", "triton"]
+
+
+def test_backends_lists_cuda_picks_only_with_a_gpu_and_shows_the_choice(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    fastnoise.set_backend("torch")
+    text = str(fastnoise.backends())
+    assert "auto picks: cpu -> " in text and "cuda ->" not in text
+    assert text.endswith("in force: torch")

@@ -183,6 +183,33 @@ def test_evaluate_rejects_bad_arguments():
         evaluate(Lookup(), batches(x, y), [good], device="meta", progress=False)
 
 
+def test_an_x_y_pair_of_tensors_is_evaluated_like_its_batches():
+    x, y = lookup_data()
+    a = Scripted("strong", [{0, 1}, {0, 1, 2, 3}])
+    b = Scripted("weak", [{5}, {1}], kind="single-step")
+    report = evaluate(
+        Lookup(), (x, y), [a, b], repeats=2, progress=False, checks=False, batch_size=4
+    )
+    by_batches = hand_made_report(checks=False)
+    assert report.n_samples == by_batches.n_samples == 10
+    assert report.clean == by_batches.clean and report.worst_case == by_batches.worst_case
+    for name in ("strong", "weak"):
+        assert report.attack(name).accuracies == by_batches.attack(name).accuracies
+    sweep = sweep_eps(Lookup(), (x, y), BudgetFlip, [0, 8 / 255], 1, progress=False)
+    assert sweep.n_samples == 10
+
+
+def test_an_x_y_pair_must_match_and_batch_sizes_be_positive():
+    x, y = lookup_data()
+    good = Scripted("a", [set()])
+    with pytest.raises(ValueError, match=r"an \(x, y\) pair needs .* \(10, 1, 1, 4\) and \(5,\)"):
+        evaluate(Lookup(), (x, y[:5]), [good], progress=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate(Lookup(), (x, y), [good], progress=False, batch_size=0)
+    with pytest.raises(TypeError, match=r"an \(x, y\) pair of tensors or yield \(x, y\) pairs"):
+        evaluate(Lookup(), [x, y, y], [good], progress=False)
+
+
 def test_progress_bar_and_mapping_of_attacks(capsys):
     x, y = lookup_data(wrong=())
     attacks = {"a": Scripted("a", [{0}])}

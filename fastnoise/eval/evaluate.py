@@ -101,10 +101,31 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
         yield
 
 
+def _as_loader(data: Iterable[Any], batch_size: int) -> Iterable[Any]:
+    """An ``(x, y)`` pair of tensors becomes a list of batches; a loader passes through.
+
+    A loader yields pairs, so a pair whose items are tensors cannot be mistaken for one.
+    """
+    is_pair = isinstance(data, (tuple, list)) and len(data) == 2
+    if not (is_pair and all(isinstance(t, torch.Tensor) for t in data)):
+        return data
+    x, y = data
+    v.check_positive_int("batch_size", batch_size)
+    if x.dim() == 0 or y.dim() != 1 or x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"an (x, y) pair needs x (N, ...) and labels y (N,), got shapes "
+            f"{tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    return list(zip(x.split(batch_size), y.split(batch_size), strict=True))
+
+
 def _batches(loader: Iterable[Any], device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
     for batch in loader:
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            raise TypeError("loader must yield (x, y) pairs, got " + type(batch).__name__)
+            raise TypeError(
+                "loader must be an (x, y) pair of tensors or yield (x, y) pairs, got "
+                f"batches of type {type(batch).__name__}"
+            )
         yield batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
 
 
@@ -187,10 +208,12 @@ def evaluate(
     check_samples: int = 64,
     unbounded_attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     seed: int | None = None,
+    batch_size: int = 128,
 ) -> RobustnessReport:
     """Clean and robust accuracy (mean ± std over ``repeats``) plus the self-checks.
 
-    ``loader`` yields ``(x, y)`` batches of [0, 1] pixels, the same samples every repeat.
+    ``loader`` yields ``(x, y)`` batches of [0, 1] pixels, the same samples every repeat,
+    or is one ``(x, y)`` pair of tensors, attacked in batches of ``batch_size``.
     ``device`` defaults to the model's; the batches are moved there. The model is put in
     eval mode with its parameters frozen during the run; both are restored afterwards, so
     no parameter gradient is produced. ``checks`` runs the model-level self-checks on the
@@ -202,6 +225,7 @@ def evaluate(
     items = _check_attacks(attacks)
     v.check_positive_int("repeats", repeats)
     v.check_positive_int("check_samples", check_samples)
+    loader = _as_loader(loader, batch_size)
     device = _resolve_device(model, device)
     bounded = [not math.isinf(float(a.eps)) for a in items]
     in_worst = bounded if any(bounded) else [True] * len(items)
@@ -250,9 +274,12 @@ def sweep_eps(
     *,
     label: str | None = None,
     seed: int | None = None,
+    batch_size: int = 128,
     **attack_kwargs: Any,
 ) -> SweepResult:
     """Accuracy as a function of the budget (Learn2Perturb Figures 2-3).
+
+    ``loader``: as for :func:`evaluate` (a loader or an ``(x, y)`` pair of tensors).
 
     ``attack`` is a name for :func:`fastnoise.attacks.build` (``attack_kwargs`` go there
     too) or a factory ``eps -> attack``. eps = 0 means no attack: the clean accuracy.
@@ -280,6 +307,7 @@ def sweep_eps(
         v.check_non_negative_number(f"eps_values[{i}]", e) for i, e in enumerate(eps_values)
     ]
     v.check_positive_int("repeats", repeats)
+    loader = _as_loader(loader, batch_size)
     device = _resolve_device(model, device)
     built = [factory(e) if e > 0 else None for e in eps_list]
     _check_attacks([a for a in built if a is not None], distinct=False)  # same attack, many eps
