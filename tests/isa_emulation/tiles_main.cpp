@@ -15,33 +15,30 @@
 // Three AVX-512 intrinsics that SIMDe 0.7.4 (Debian 12's libsimde-dev) lacks, lane by lane
 // as Intel's guide defines them.
 namespace emulated {
+// out[i] = f(in[i]) over the 16 lanes, reading them as From and writing them as To.
+template <typename From, typename To, typename OutVector, typename InVector, typename F>
+OutVector lanewise(InVector in, F f) {
+  From lanes[16];
+  To results[16];
+  std::memcpy(lanes, &in, sizeof lanes);
+  for (int i = 0; i < 16; ++i) results[i] = f(lanes[i]);
+  OutVector out;
+  std::memcpy(&out, results, sizeof results);
+  return out;
+}
 inline simde__m512i srai_epi32(simde__m512i a, int shift) {
-  int32_t v[16];
-  std::memcpy(v, &a, sizeof v);
-  for (int32_t& x : v) x >>= (shift > 31 ? 31 : shift);  // arithmetic shift (C++20, GCC)
-  std::memcpy(&a, v, sizeof v);
-  return a;
+  const int s = shift > 31 ? 31 : shift;  // arithmetic shift (C++20, and GCC before it)
+  return lanewise<int32_t, int32_t, simde__m512i>(a, [s](int32_t x) { return x >> s; });
 }
 inline simde__m512 cvtepi32_ps(simde__m512i a) {
-  int32_t v[16];
-  float f[16];
-  std::memcpy(v, &a, sizeof v);
-  for (int i = 0; i < 16; ++i) f[i] = static_cast<float>(v[i]);
-  simde__m512 out;
-  std::memcpy(&out, f, sizeof f);
-  return out;
+  return lanewise<int32_t, float, simde__m512>(a, [](int32_t x) { return static_cast<float>(x); });
 }
 inline simde__m512i cvttps_epi32(simde__m512 a) {
-  float f[16];
-  int32_t v[16];
-  std::memcpy(f, &a, sizeof f);
-  for (int i = 0; i < 16; ++i) {  // out of range or NaN: the "integer indefinite" INT32_MIN
-    const bool fits = f[i] > -2147483904.0f && f[i] < 2147483648.0f;
-    v[i] = fits ? static_cast<int32_t>(f[i]) : INT32_MIN;
-  }
-  simde__m512i out;
-  std::memcpy(&out, v, sizeof v);
-  return out;
+  return lanewise<float, int32_t, simde__m512i>(a, [](float x) {
+    // out of range or NaN: the "integer indefinite" INT32_MIN
+    const bool fits = x > -2147483904.0f && x < 2147483648.0f;
+    return fits ? static_cast<int32_t>(x) : INT32_MIN;
+  });
 }
 }  // namespace emulated
 #define _mm512_srai_epi32(a, n) emulated::srai_epi32(a, n)
