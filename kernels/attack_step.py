@@ -8,6 +8,14 @@ from fastnoise.kernels.philox import uniform_tile
 
 
 @triton.jit
+def _clamp_keep_nan(x, lo, hi):
+    # The reference's torch.maximum/minimum/clamp keep a NaN operand; PTX max.f32 (Triton's
+    # default) drops it and would turn a NaN input into a bound.
+    x = tl.maximum(x, lo, propagate_nan=tl.PropagateNan.ALL)
+    return tl.minimum(x, hi, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
 def pgd_step_kernel(
     x_adv_ptr,
     grad_ptr,
@@ -31,8 +39,8 @@ def pgd_step_kernel(
     orig = tl.load(x_orig_ptr + index, mask=mask).to(COMPUTE_DTYPE)
     sign = tl.where(grad > 0, 1.0, tl.where(grad < 0, -1.0, 0.0)).to(COMPUTE_DTYPE)
     x = x + step_size * sign
-    x = tl.minimum(tl.maximum(x, orig - eps), orig + eps)
-    x = tl.minimum(tl.maximum(x, clip_min), clip_max)
+    x = _clamp_keep_nan(x, orig - eps, orig + eps)
+    x = _clamp_keep_nan(x, clip_min, clip_max)
     tl.store(out_ptr + index, x.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -66,5 +74,5 @@ def random_start_kernel(
     x = tl.load(x_ptr + memory, mask=mask).to(COMPUTE_DTYPE)
     x = x + eps * (2.0 * u - 1.0).to(COMPUTE_DTYPE)
     if PROJECT:
-        x = tl.minimum(tl.maximum(x, clip_min), clip_max)
+        x = _clamp_keep_nan(x, clip_min, clip_max)
     tl.store(out_ptr + memory, x.to(out_ptr.dtype.element_ty), mask=mask)

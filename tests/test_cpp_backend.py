@@ -219,6 +219,34 @@ def test_random_start(dtype, layout, project):
     _close(cpp.random_start(*args), ref.random_start(*args), dtype)
 
 
+def _nan_inputs(dtype, device="cpu"):
+    """NaN in the iterate, the gradient and the origin, each in its own element."""
+    nan = math.nan
+    x = torch.tensor([[0.5, nan, 0.5, 0.2, 0.7]], dtype=dtype, device=device)
+    grad = torch.tensor([[nan, 1.0, -1.0, 0.0, 1.0]], dtype=dtype, device=device)
+    x_orig = torch.tensor([[0.5, 0.5, nan, 0.2, 0.7]], dtype=dtype, device=device)
+    return x, grad, x_orig
+
+
+def check_nan_inputs_stay_nan(backend, dtype, device="cpu"):
+    """The reference keeps NaN through torch.maximum/minimum/clamp, so a broken input
+    stays visibly broken; a kernel that clamps a NaN to a bound returns a plausible pixel."""
+    x, grad, x_orig = _nan_inputs(dtype, device)
+    for clip in [(0.0, 1.0), (-math.inf, math.inf)]:
+        got = backend.pgd_step(x, grad, x_orig, 0.01, 0.03, *clip).cpu()
+        want = ref.pgd_step(x, grad, x_orig, 0.01, 0.03, *clip).cpu()
+        torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    for project in (True, False):
+        got = backend.random_start(x, 0.03, 7, 2**32 + 1, 0.0, 1.0, project).cpu()
+        want = ref.random_start(x, 0.03, 7, 2**32 + 1, 0.0, 1.0, project).cpu()
+        assert torch.equal(got.isnan(), want.isnan()), (project, got, want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_nan_inputs_stay_nan_as_in_the_reference(dtype):
+    check_nan_inputs_stay_nan(cpp, dtype)
+
+
 @pytest.mark.parametrize("shape", [(0, 3, 4), (4, 0), (0,)])
 def test_empty_tensors(shape):
     x = torch.zeros(shape)
@@ -354,6 +382,14 @@ needs_cuda_kernels = pytest.mark.skipif(
     not torch.cuda.is_available() or not _extension.has_cuda_kernels(),
     reason="needs a GPU and the extension built with its CUDA sources",
 )
+
+
+@needs_cuda_kernels
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cuda_nan_inputs_stay_nan_as_in_the_reference(dtype):
+    from fastnoise._backends import cuda
+
+    check_nan_inputs_stay_nan(cuda, dtype, device="cuda")
 
 
 @needs_cuda_kernels

@@ -271,6 +271,24 @@ def test_random_start(tb, device, dtype, project):
     assert 0.5 * 8 / 255 < delta <= 8 / 255 + 1e-2
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nan_inputs_stay_nan_as_in_the_reference(tb, device, dtype):
+    # max.f32 drops a NaN: without propagate_nan a NaN origin became a bound (pgd_step)
+    # and a NaN pixel became clip_min (random_start)
+    nan = math.nan
+    x = torch.tensor([[0.5, nan, 0.5, 0.2, 0.7]], device=device).to(dtype)
+    grad = torch.tensor([[nan, 1.0, -1.0, 0.0, 1.0]], device=device).to(dtype)
+    x_orig = torch.tensor([[0.5, 0.5, nan, 0.2, 0.7]], device=device).to(dtype)
+    for clip in [(0.0, 1.0), (-math.inf, math.inf)]:
+        got = tb.pgd_step(x, grad, x_orig, 0.01, 0.03, *clip).cpu()
+        want = ref.pgd_step(x, grad, x_orig, 0.01, 0.03, *clip).cpu()
+        assert torch.equal(got.isnan(), want.isnan()), (clip, got, want)
+    for project in (True, False):
+        got = tb.random_start(x, 0.03, 7, 2**32 + 1, 0.0, 1.0, project).cpu()
+        want = ref.random_start(x, 0.03, 7, 2**32 + 1, 0.0, 1.0, project).cpu()
+        assert torch.equal(got.isnan(), want.isnan()), (project, got, want)
+
+
 # ---- through the custom ops and the public API ----------------------------------------
 
 

@@ -6,8 +6,8 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include <algorithm>
 
+#include "../clamp.h"
 #include "../common.h"
 
 namespace fastnoise {
@@ -41,8 +41,8 @@ at::Tensor pgd_step(const at::Tensor& x_adv_in, const at::Tensor& grad_in,
         const opmath_t g = static_cast<opmath_t>(gp[i]), x0 = static_cast<opmath_t>(op[i]);
         const opmath_t sign = static_cast<opmath_t>(g > 0) - static_cast<opmath_t>(g < 0);
         opmath_t v = static_cast<opmath_t>(xp[i]) + step * sign;
-        v = std::min(std::max(v, x0 - e), x0 + e);
-        outp[i] = static_cast<scalar_t>(std::min(std::max(v, lo), hi));
+        v = clamp_keep_nan(v, x0 - e, x0 + e);  // x0 may be NaN: then so is the result
+        outp[i] = static_cast<scalar_t>(clamp_keep_nan(v, lo, hi));
       }
     });
   });

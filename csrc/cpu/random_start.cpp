@@ -5,8 +5,8 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include <algorithm>
 
+#include "../clamp.h"
 #include "../common.h"
 #include "tile_loops.h"
 
@@ -36,7 +36,7 @@ at::Tensor random_start(const at::Tensor& x_in, double eps, int64_t seed, int64_
       for (int64_t k = 0; k < count; ++k) {
         const opmath_t v = static_cast<opmath_t>(xp[first + k]) +
                            e * (opmath_t(2) * static_cast<opmath_t>(u[k]) - opmath_t(1));
-        outp[first + k] = static_cast<scalar_t>(std::min(std::max(v, lo), hi));
+        outp[first + k] = static_cast<scalar_t>(clamp_keep_nan(v, lo, hi));
       }
     });
   });

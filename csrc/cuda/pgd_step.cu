@@ -1,5 +1,6 @@
 // One L-inf PGD iterate in a single pass:
 // x' = clip(min(max(x + step * sign(g), x0 - eps), x0 + eps), lo, hi).
+#include "../clamp.h"
 #include "device_utils.h"
 
 namespace fastnoise {
@@ -14,8 +15,8 @@ __global__ void pgd_step_kernel(const T* __restrict__ x, const T* __restrict__ g
     const opmath_t g = load(grad + i), x0 = load(x_orig + i);
     const opmath_t sign = static_cast<opmath_t>(g > 0) - static_cast<opmath_t>(g < 0);
     opmath_t v = load(x + i) + step * sign;
-    v = fmin(fmax(v, x0 - eps), x0 + eps);
-    store(out + i, fmin(fmax(v, lo), hi));
+    v = clamp_keep_nan(v, x0 - eps, x0 + eps);  // x0 may be NaN: then so is the result
+    store(out + i, clamp_keep_nan(v, lo, hi));
   }
 }
 

@@ -1,5 +1,6 @@
 // PGD / RFGSM / NFGSM random start: x + eps * (2u - 1), u from the spec, clipped to the
 // box (an infinite box when not projecting); one thread per Philox counter.
+#include "../clamp.h"
 #include "../philox.h"
 #include "device_utils.h"
 
@@ -20,7 +21,7 @@ __global__ void random_start_kernel(const T* __restrict__ x, T* __restrict__ out
       if (i < numel) {
         const opmath_t v =
             load(x + i) + eps * (opmath_t(2) * static_cast<opmath_t>(u[lane]) - opmath_t(1));
-        store(out + i, fmin(fmax(v, lo), hi));
+        store(out + i, clamp_keep_nan(v, lo, hi));
       }
     }
   }
