@@ -97,10 +97,13 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
             assert torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"])
 
 
-def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path):
+# pni: a NaN image makes PNI's noise std NaN, which its sigma check met before the loss
+# check did, so the run ended with "sigma must be non-negative" instead of this error
+@pytest.mark.parametrize("method", ["standard", "pni"])
+def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, method):
     X, Y = tiny_data()
     config = TrainConfig(
-        method="standard", dataset="embedded", epochs=1, batch_size=8, lr=0.05,
+        method=method, dataset="embedded", epochs=1, batch_size=8, lr=0.05, attack_steps=1,
         out=str(tmp_path), progress=False, plots=False,
     )  # fmt: skip
     fit(config, data=(X, Y))

@@ -329,7 +329,14 @@ class Trainer:
                     if c.channels_last:
                         xb = xb.contiguous(memory_format=torch.channels_last)
                     lrs = method.set_learning_rate(epoch, step, steps)
-                    stats = method.train_step(xb, yb, epoch)
+                    try:
+                        stats = method.train_step(xb, yb, epoch)
+                    except ValueError as error:
+                        # A NaN image or NaN weights reach a noise layer's sigma check
+                        # before the deferred loss check: report the NaN, not the sigma.
+                        if _all_finite([xb, *model.parameters()]):
+                            raise
+                        self._raise_if_nonfinite(step, epoch, last_path, cause=error)
                     loss = stats.pop("loss")
                     bad = ~torch.isfinite(loss) & (bad_step < 0)
                     bad_step = torch.where(bad, torch.full_like(bad_step, step), bad_step)
@@ -374,7 +381,9 @@ class Trainer:
             extra={"rank_seed_probe": rank_probe},
         )
 
-    def _raise_if_nonfinite(self, bad_step: int, epoch: int, last_path: Path) -> None:
+    def _raise_if_nonfinite(
+        self, bad_step: int, epoch: int, last_path: Path, cause: Exception | None = None
+    ) -> None:
         if bad_step < 0:
             return
         kept = (
@@ -386,7 +395,7 @@ class Trainer:
             f"the training loss became NaN or infinite at epoch {epoch + 1}, step {bad_step + 1} "
             f"(method {self.config.method}, lr {self.config.lr}); {kept}. Lower the lr, "
             "check the data for NaNs, or use amp='off'."
-        )
+        ) from cause
 
     def _epoch_row(self, epoch, sums, lrs, logged, model, seconds) -> dict[str, Any]:
         n = max(float(sums.get("n", 0.0)), 1.0)
@@ -456,6 +465,11 @@ def _load_optimizer_state(opt: torch.optim.Optimizer, state: dict[str, Any]) -> 
     opt.load_state_dict(state)
     for group, settings in zip(opt.param_groups, configured, strict=True):
         group.update(settings)
+
+
+def _all_finite(tensors) -> bool:
+    """One host sync: only on the error path."""
+    return all(bool(torch.isfinite(t.detach()).all()) for t in tensors)
 
 
 def _cpu_rng(state: dict[str, Any]) -> dict[str, Any]:
