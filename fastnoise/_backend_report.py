@@ -18,23 +18,15 @@ class AutoPick(NamedTuple):
 class BackendReport(list):
     """``BackendInfo`` rows, fastest first, that print as a readable table.
 
-    ``devices``: the device types present here ("cpu", and "cuda" with a GPU).
+    ``picks``: for each device type present here ("cpu", and "cuda" with a GPU), the
+    backend ``auto`` runs (None: none does), as the dispatcher decides it.
     ``choice``: the backend in force (``"auto"`` unless set in code or by the environment).
     """
 
-    def __init__(self, rows, devices: tuple[str, ...], choice: str) -> None:
+    def __init__(self, rows, picks: dict[str, str | None], choice: str) -> None:
         super().__init__(rows)
-        self.devices = devices
+        self.auto = [AutoPick(device, name) for device, name in picks.items()]
         self.choice = choice
-
-    def auto_pick(self, device: str) -> str | None:
-        """The backend ``auto`` runs on ``device``: the first available row that runs it
-        (the rule of ``fastnoise._dispatch._auto``)."""
-        return next((r.name for r in self if r.available and device in r.devices), None)
-
-    @property
-    def auto(self) -> list[AutoPick]:
-        return [AutoPick(d, self.auto_pick(d)) for d in self.devices]
 
     def __str__(self) -> str:
         header = ("backend", "available", "runs on", "why not")

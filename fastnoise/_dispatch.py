@@ -133,14 +133,17 @@ def backends() -> BackendReport:
             devices = tuple(d for d in _DEVICE_TYPES if module.supports(torch.device(d)))
         rows.append(BackendInfo(name, module is not None and reason is None, reason, devices))
     present = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+    picks = {d: _auto_pick(torch.device(d))[0] for d in present}  # what _auto would run
     try:
         choice = get_backend()
     except ValueError as error:  # a bad FASTNOISE_BACKEND: report it, the ops will raise it
         choice = f"invalid: {error}"
-    return BackendReport(rows, present, choice)
+    return BackendReport(rows, picks, choice)
 
 
-def _auto(device: torch.device) -> ModuleType:
+def _auto_pick(device: torch.device) -> tuple[str | None, ModuleType | None, list[str]]:
+    """The first available backend that runs ``device`` (name and module, None if none
+    does), and the faster ones that would have run it but are unavailable, with why."""
     skipped = []
     for name in BACKEND_MODULES:
         module, reason = _status(name)
@@ -148,11 +151,18 @@ def _auto(device: torch.device) -> ModuleType:
             continue  # not even importable: nothing was expected of it
         if reason is None:
             if module.supports(device):
-                _warn_skipped(skipped, name, device)
-                return module
+                return name, module, skipped
         elif module.supports(device):
             skipped.append(f"{name} ({reason})")  # it would have run here: worth a warning
-    raise BackendUnavailableError(f"no fastnoise backend runs tensors on {device}")
+    return None, None, skipped
+
+
+def _auto(device: torch.device) -> ModuleType:
+    name, module, skipped = _auto_pick(device)
+    if module is None:
+        raise BackendUnavailableError(f"no fastnoise backend runs tensors on {device}")
+    _warn_skipped(skipped, name, device)
+    return module
 
 
 def _warn_skipped(skipped: list[str], chosen: str, device: torch.device) -> None:

@@ -468,8 +468,8 @@ def _load_optimizer_state(opt: torch.optim.Optimizer, state: dict[str, Any]) -> 
 
 
 def _all_finite(tensors) -> bool:
-    """One host sync: only on the error path."""
-    return all(bool(torch.isfinite(t.detach()).all()) for t in tensors)
+    """One host sync (called on the error path only)."""
+    return bool(torch.stack([torch.isfinite(t.detach()).all() for t in tensors]).all())
 
 
 def _cpu_rng(state: dict[str, Any]) -> dict[str, Any]:
