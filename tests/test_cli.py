@@ -168,7 +168,7 @@ def test_ctrl_c_exits_130_with_one_line_that_resumes(tmp_path, capsys):
         _, err = child.communicate(timeout=60)
     finally:
         child.kill()
-    assert child.returncode == 130
+    assert child.returncode == 130, err
     line = one_line(err)
     assert "Traceback" not in line and str(out / "last.pt") in line
     epoch = int(re.search(r"\(epoch (\d+)\)", line).group(1))

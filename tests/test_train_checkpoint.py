@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 
 import pytest
 import torch
@@ -10,7 +11,12 @@ import torch
 from fastnoise.cli import main as cli_main
 from fastnoise.train import NonFiniteLossError, TrainConfig, atomic_save, fit, load_model
 from fastnoise.train import methods as methods_module
-from fastnoise.train.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
+from fastnoise.train.checkpoint import (
+    capture_rng_state,
+    interrupts_deferred,
+    load_checkpoint,
+    restore_rng_state,
+)
 
 
 def tiny_data(n: int = 48, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,6 +47,38 @@ def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
         atomic_save({"model": torch.zeros(3)}, path)
     assert path.read_bytes() == before, "the old checkpoint must survive a failed write"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"], "temp file left behind"
+
+
+@pytest.fixture
+def python_sigint():
+    """Python's own Ctrl-C handler, also where the shell started us ignoring SIGINT."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_during_a_checkpoint_write_waits_for_the_write(tmp_path, monkeypatch, python_sigint):
+    """SIGINT inside torch.save's zip writer used to surface as RuntimeError('unexpected
+    pos'), a traceback instead of the resume line. It must wait, then be KeyboardInterrupt."""
+    real_save = torch.save
+    path = tmp_path / "ckpt.pt"
+
+    def save_hit_by_ctrl_c(obj, f):
+        f.write(b"")  # the write has begun
+        signal.raise_signal(signal.SIGINT)
+        real_save(obj, f)
+
+    monkeypatch.setattr(torch, "save", save_hit_by_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({"model": torch.arange(5.0)}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["model"], torch.arange(5.0))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "handler not restored"
+
+
+def test_interrupts_deferred_lets_a_quiet_block_through(python_sigint):
+    with interrupts_deferred():
+        value = 1
+    assert value == 1 and signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_rng_state_roundtrip_is_weights_only_safe(tmp_path):

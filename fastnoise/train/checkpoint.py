@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from torch import nn
 __all__ = [
     "CHECKPOINT_FORMAT",
     "atomic_save",
+    "interrupts_deferred",
     "load_checkpoint",
     "load_model",
     "capture_rng_state",
@@ -29,10 +32,39 @@ __all__ = [
 CHECKPOINT_FORMAT = 1
 
 
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise it as usual.
+
+    A write must be all or nothing: ``torch.save`` interrupted inside its zip writer
+    raises ``RuntimeError: unexpected pos``, not ``KeyboardInterrupt``, and the run
+    would end with a traceback instead of its resume command. Signals can only be
+    handled on the main thread; elsewhere the block runs unprotected.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught and callable(previous):  # Python's handler raises KeyboardInterrupt
+            previous(signal.SIGINT, None)
+        elif caught and previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temp file in the same directory, fsync, then ``os.replace``:
-    a reader sees the old file or the complete new one, never a partial write."""
-    path = Path(path)
+    a reader sees the old file or the complete new one, never a partial write. Ctrl-C
+    during the write takes effect once it is done (see ``interrupts_deferred``)."""
+    with interrupts_deferred():
+        return _atomic_save(obj, Path(path))
+
+
+def _atomic_save(obj: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -32,6 +32,7 @@ from fastnoise.train.checkpoint import (
     CHECKPOINT_FORMAT,
     atomic_save,
     capture_rng_state,
+    interrupts_deferred,
     load_checkpoint,
     restore_rng_state,
 )
@@ -361,8 +362,9 @@ class Trainer:
                 state = self._checkpoint(
                     model, method, epoch + 1, global_step, metrics, best, rng_states, stopped
                 )
-                atomic_save(state, last_path)
-                self._write_metrics(metrics)
+                with interrupts_deferred():  # last.pt and metrics.jsonl agree
+                    atomic_save(state, last_path)
+                    self._write_metrics(metrics)
                 tqdm.write(_summary(row))  # also without bars: batch logs need one line an epoch
             D.barrier(dist_info)
 
