@@ -34,9 +34,7 @@ inline int64_t feature_numel(const at::Tensor& x) {
   return x.size(0) == 0 ? 0 : x.numel() / x.size(0);
 }
 
-// A per-feature parameter broadcast to one sample of x, contiguous, in the compute dtype:
-// element i of x then reads entry i % feature_numel(x).
-inline at::Tensor per_sample(const at::Tensor& param, const at::Tensor& x, const char* name) {
+inline void check_per_feature(const at::Tensor& param, const at::Tensor& x, const char* name) {
   check_floating(param, name);
   TORCH_CHECK_VALUE(param.device() == x.device(), name, " is on ", param.device(), " but x is on ",
               x.device());
@@ -48,7 +46,44 @@ inline at::Tensor per_sample(const at::Tensor& param, const at::Tensor& x, const
     TORCH_CHECK_VALUE(p == 1 || p == s, name, " of shape ", param.sizes(),
                       " does not broadcast to one sample of x ", sample);
   }
+}
+
+// A per-feature parameter broadcast to one sample of x, contiguous, in the compute dtype:
+// element i of x then reads entry i % feature_numel(x).
+inline at::Tensor per_sample(const at::Tensor& param, const at::Tensor& x, const char* name) {
+  check_per_feature(param, x, name);
+  const auto sample = x.sizes().slice(1);
+  if (param.sizes() == sample && param.scalar_type() == opmath_type(x) && param.is_contiguous()) {
+    return param;  // already one sample: skip the expand (per-call cost on small tensors)
+  }
   return param.to(opmath_type(x)).expand(sample).contiguous();
+}
+
+// A per-feature parameter as the CPU kernels read it: feature f reads values[f / inner].
+// When the parameter's non-1 dims lead (one sample (C, H, W): inner 1; per channel
+// (C, 1, 1): inner H * W; a scalar: inner = features) that is its own entries, with no
+// full-size copy per call; other broadcasts, e.g. (1, H, W), are expanded (inner 1).
+struct PerFeature {
+  at::Tensor values;
+  int64_t inner;
+};
+
+inline PerFeature per_feature(const at::Tensor& param, const at::Tensor& x, const char* name) {
+  check_per_feature(param, x, name);
+  const auto sample = x.sizes().slice(1);
+  const int64_t dims = static_cast<int64_t>(sample.size()), pad = dims - param.dim();
+  int64_t last = -1;  // last non-1 dim of param, counted in sample dims
+  for (int64_t d = 0; d < param.dim(); ++d) {
+    if (param.size(d) != 1) last = pad + d;
+  }
+  bool leading = true;
+  for (int64_t d = 0; d <= last; ++d) {
+    leading &= (d < pad ? 1 : param.size(d - pad)) == sample[d];
+  }
+  if (!leading) return {per_sample(param, x, name), 1};
+  int64_t inner = 1;
+  for (int64_t d = last + 1; d < dims; ++d) inner *= sample[d];
+  return {param.to(opmath_type(x)).contiguous(), inner};
 }
 
 // Turn per-sample sums (shape x[0], compute dtype) into the gradient of param: sum over

@@ -30,7 +30,9 @@ __all__ = [
     "ENV_VAR",
     "backend_for",
     "backends",
+    "front_door",
     "get_backend",
+    "refresh",
     "set_backend",
     "use_backend",
 ]
@@ -57,6 +59,12 @@ class BackendInfo:
 _selected: str | None = None  # None: FASTNOISE_BACKEND, else "auto"
 _warned: set[tuple[str, str]] = set()
 _status_cache: dict[tuple[str, str], tuple[ModuleType | None, str | None]] = {}
+# Per-call lookups: device -> backend module, and device -> the extension's ops when they
+# run it (else None). A call must not read the environment or walk the registry (the
+# Python around a kernel decides the speed of small tensors), so both are resolved once
+# and cleared when the choice changes (set_backend, use_backend, refresh).
+_resolved: dict[torch.device, ModuleType] = {}
+_front_doors: dict[torch.device, object] = {}
 
 
 def _check_name(name: object, source: str) -> str:
@@ -98,15 +106,24 @@ def _require_available(name: str) -> ModuleType:
     return module
 
 
+def refresh() -> None:
+    """Forget the per-device choices, so the next call reads ``FASTNOISE_BACKEND`` and
+    the backends' availability again (set_backend and use_backend do this themselves)."""
+    _resolved.clear()
+    _front_doors.clear()
+
+
 def set_backend(name: str | None) -> None:
     """Use backend ``name`` (or ``"auto"``) from now on; None returns to the default
-    (``FASTNOISE_BACKEND`` or auto). Raises at once if ``name`` cannot run here."""
+    (``FASTNOISE_BACKEND``, read again at the next call, or auto). Raises at once if
+    ``name`` cannot run here."""
     global _selected
     if name is not None:
         _check_name(name, "backend")
         if name != AUTO:
             _require_available(name)
     _selected = name
+    refresh()
 
 
 @contextlib.contextmanager
@@ -119,6 +136,7 @@ def use_backend(name: str) -> Iterator[None]:
         yield
     finally:
         _selected = previous
+        refresh()
 
 
 def backends() -> BackendReport:
@@ -182,6 +200,26 @@ def _warn_skipped(skipped: list[str], chosen: str, device: torch.device) -> None
 
 def backend_for(device: torch.device) -> ModuleType:
     """The backend module that runs tensors on ``device`` under the current choice."""
+    try:
+        return _resolved[device]
+    except KeyError:
+        module = _resolved[device] = _resolve(device)
+        return module
+
+
+def front_door(device: torch.device) -> object | None:
+    """``torch.ops.fastnoise_C`` when the C++/CUDA extension runs ``device`` under the
+    current choice, else None. Its public ops (``inject_noise``, ``pnil``) check their
+    arguments, draw the seed, run the kernel and record autograd in one dispatcher call."""
+    try:
+        return _front_doors[device]
+    except KeyError:
+        module = backend_for(device)
+        door = _front_doors[device] = getattr(module, "front_door", lambda: None)()
+        return door
+
+
+def _resolve(device: torch.device) -> ModuleType:
     name = get_backend()
     if name == AUTO:
         return _auto(device)

@@ -75,7 +75,7 @@ def source_files(with_cuda: bool) -> list[Path]:
     """The translation units to compile: the schemas, the CPU kernels and, with CUDA,
     the CUDA kernels."""
     root = _csrc_dir()
-    sources = [root / "ops.cpp", *sorted((root / "cpu").glob("*.cpp"))]
+    sources = [root / "ops.cpp", root / "front_door.cpp", *sorted((root / "cpu").glob("*.cpp"))]
     if with_cuda:  # kernels (.cu, nvcc) and their ATen-side registration (.cpp, host compiler)
         sources += sorted((root / "cuda").glob("*.cu")) + sorted((root / "cuda").glob("*.cpp"))
     return sources

@@ -14,6 +14,7 @@ import torch
 
 from fastnoise import _ops, rng
 from fastnoise import _validation as v
+from fastnoise._dispatch import front_door
 
 __all__ = ["inject_noise", "pnil", "pgd_step", "random_start"]
 
@@ -31,6 +32,20 @@ def _check_seed_offset(seed: int | torch.Tensor | None, offset: int) -> None:
             )
         seed = int(seed)  # a CPU read: no device sync
     rng._check_seed_offset(0 if seed is None else seed, offset)
+
+
+def _front_door(x: object, seed: object, offset: object):
+    """The C++ front door (checks, seed, kernel and autograd in one call) when it can take
+    this call: eager mode, a backend of the extension, a Python-int or None seed. Else
+    None, and the custom ops of :mod:`fastnoise._ops` run it (torch.compile traces those;
+    a tensor seed needs them). Not a tensor ``x``: the slow path names the error."""
+    if type(x) is not torch.Tensor and not isinstance(x, torch.Tensor):
+        return None
+    if (seed is not None and type(seed) is not int) or type(offset) is not int:
+        return None
+    if torch.compiler.is_compiling():
+        return None
+    return front_door(x.device)
 
 
 def _as_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
@@ -56,11 +71,26 @@ def inject_noise(
     sample (``(C, H, W)``, ``(C, 1, 1)``, a scalar tensor or a float). Differentiable in
     ``x`` and ``sigma``. The result has ``x``'s dtype.
     """
+    door = _front_door(x, seed, offset)
+    if door is not None:
+        try:
+            if isinstance(sigma, torch.Tensor):
+                return door.inject_noise(x, sigma, seed, offset)
+            if type(sigma) in (float, int):
+                return door.inject_noise_scalar(x, sigma, seed, offset)
+        except RuntimeError:  # e.g. a str sigma, an int64 overflow: name the argument
+            _checked_inject_args(x, sigma, seed, offset)
+            raise
+    sigma = _checked_inject_args(x, sigma, seed, offset)
+    return _ops.noise_injection(x, sigma, _ops.make_rng_state(seed, offset))
+
+
+def _checked_inject_args(x, sigma, seed, offset) -> torch.Tensor:
     v.check_tensor("x", x)
     v.check_batched("x", x)
     sigma = _as_sigma(sigma, x)
     _check_seed_offset(seed, offset)
-    return _ops.noise_injection(x, sigma, _ops.make_rng_state(seed, offset))
+    return sigma
 
 
 def pnil(
@@ -74,6 +104,18 @@ def pnil(
 
     ``weight`` and ``bias`` broadcast to one sample of ``x``; differentiable in all three.
     """
+    door = _front_door(x, seed, offset)
+    if door is not None:
+        try:
+            return door.pnil(x, weight, bias, seed, offset)
+        except RuntimeError:  # e.g. a str bias, an int64 overflow: name the argument
+            _check_pnil_args(x, weight, bias, seed, offset)
+            raise
+    _check_pnil_args(x, weight, bias, seed, offset)
+    return _ops.pnil(x, weight, bias, _ops.make_rng_state(seed, offset))
+
+
+def _check_pnil_args(x, weight, bias, seed, offset) -> None:
     v.check_tensor("x", x)
     v.check_batched("x", x)
     for name, param in (("weight", weight), ("bias", bias)):
@@ -81,7 +123,6 @@ def pnil(
         v.check_same_device(name, param, "x", x)
         v.check_per_feature(name, param, "x", x)
     _check_seed_offset(seed, offset)
-    return _ops.pnil(x, weight, bias, _ops.make_rng_state(seed, offset))
 
 
 def pgd_step(
@@ -103,6 +144,9 @@ def pgd_step(
     step_size = v.check_non_negative_number("step_size", step_size)
     eps = v.check_non_negative_number("eps", eps)
     lo, hi = v.check_clip("clip", clip)
+    door = None if torch.compiler.is_compiling() else front_door(x_adv.device)
+    if door is not None:  # it records no graph: no torch.no_grad() needed
+        return door.pgd_step(x_adv, grad, x_orig, step_size, eps, lo, hi)
     with torch.no_grad():
         return _ops.pgd_step(x_adv, grad, x_orig, _ops.make_bounds(step_size, eps, lo, hi))
 
@@ -120,6 +164,13 @@ def random_start(
     v.check_tensor("x", x)
     eps = v.check_non_negative_number("eps", eps)
     lo, hi = v.check_clip("clip", clip)
+    door = _front_door(x, seed, offset)
+    if door is not None:
+        try:  # the seed is drawn in C++ when None
+            return door.random_start(x, eps, seed, offset, lo, hi, bool(project))
+        except RuntimeError:  # an int64 overflow: name the argument
+            _check_seed_offset(seed, offset)
+            raise
     _check_seed_offset(seed, offset)
     bounds = _ops.make_bounds(0.0, eps, lo, hi)
     with torch.no_grad():

@@ -19,6 +19,8 @@ def fresh_dispatch(monkeypatch):
     monkeypatch.setattr(_dispatch, "_selected", None)
     monkeypatch.setattr(_dispatch, "_warned", set())
     monkeypatch.setattr(_dispatch, "_status_cache", {})
+    monkeypatch.setattr(_dispatch, "_resolved", {})
+    monkeypatch.setattr(_dispatch, "_front_doors", {})
 
 
 def _fake_backend(name, devices, reason=None):

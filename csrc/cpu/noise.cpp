@@ -13,29 +13,40 @@ namespace fastnoise {
 namespace cpu {
 namespace {
 
+// One run of elements: sigma per feature, or one sigma for the run (kOneSigma).
+template <bool kOneSigma, typename scalar_t, typename opmath_t>
+void noise_run(const scalar_t* __restrict x, const opmath_t* __restrict sigma,
+               const float* __restrict z, scalar_t* __restrict y, int64_t run) {
+  for (int64_t k = 0; k < run; ++k) {
+    const opmath_t s = sigma[kOneSigma ? 0 : k];
+    y[k] = static_cast<scalar_t>(static_cast<opmath_t>(x[k]) + s * static_cast<opmath_t>(z[k]));
+  }
+}
+
 // Eq. (4)-(5): y = x + sigma * z.
 at::Tensor noise_forward(const at::Tensor& x_in, const at::Tensor& sigma_in, int64_t seed,
                          int64_t offset) {
   check_floating(x_in, "x");
   check_seed_offset(seed, offset);
   const at::Tensor x = x_in.contiguous();  // noise follows the logical (row-major) order
-  const at::Tensor sigma = per_sample(sigma_in, x, "sigma");
+  const PerFeature sigma = per_feature(sigma_in, x, "sigma");
   at::Tensor y = at::empty(x.sizes(), x.options());
   const int64_t numel = x.numel(), features = feature_numel(x);
   if (numel == 0) return y;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "noise_forward", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const opmath_t* sp = sigma.const_data_ptr<opmath_t>();
+    const opmath_t* sp = sigma.values.const_data_ptr<opmath_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     parallel_tiles(numel, [&](int64_t first, int64_t count) {
       float z[kTileSize];
       normal_tile(seed, offset + first / 4, z);
-      for_feature_runs(first, count, features, [&](int64_t j, int64_t run, int64_t f) {
-        for (int64_t k = 0; k < run; ++k) {
-          const opmath_t xv = static_cast<opmath_t>(xp[first + j + k]);
-          const opmath_t zv = static_cast<opmath_t>(z[j + k]);
-          yp[first + j + k] = static_cast<scalar_t>(xv + sp[f + k] * zv);
+      for_param_runs(first, count, features, sigma.inner, [&](int64_t j, int64_t run, int64_t q,
+                                                              bool per_feature) {
+        if (per_feature) {
+          noise_run<false>(xp + first + j, sp + q, z + j, yp + first + j, run);
+        } else {
+          noise_run<true>(xp + first + j, sp + q, z + j, yp + first + j, run);
         }
       });
     });
@@ -49,7 +60,7 @@ at::Tensor noise_backward_sigma(const at::Tensor& grad_in, const at::Tensor& sig
   check_floating(grad_in, "grad_y");
   check_seed_offset(seed, offset);
   const at::Tensor grad = grad_in.contiguous();
-  per_sample(sigma, grad, "sigma");  // validates sigma against one sample
+  check_per_feature(sigma, grad, "sigma");
   const int64_t numel = grad.numel(), features = feature_numel(grad);
   const auto opmath = opmath_type(grad);
   if (numel == 0) return at::zeros(sigma.sizes(), sigma.options());

@@ -58,5 +58,24 @@ inline void for_feature_runs(int64_t first, int64_t count, int64_t features, con
   }
 }
 
+// fn(j, run, q, per_feature): elements first + j .. first + j + run - 1 read parameter
+// entries from q on, one per feature (per_feature) or entry q for the whole run (a
+// parameter broadcast along the trailing dims, see PerFeature: feature f reads f / inner).
+template <typename Fn>
+inline void for_param_runs(int64_t first, int64_t count, int64_t features, int64_t inner,
+                           const Fn& fn) {
+  for_feature_runs(first, count, features, [&](int64_t j, int64_t run, int64_t f) {
+    if (inner == 1) {
+      fn(j, run, f, true);
+      return;
+    }
+    for (int64_t k = 0; k < run;) {
+      const int64_t q = (f + k) / inner, sub = std::min(run - k, (q + 1) * inner - (f + k));
+      fn(j + k, sub, q, false);
+      k += sub;
+    }
+  });
+}
+
 }  // namespace cpu
 }  // namespace fastnoise

@@ -14,6 +14,8 @@ device), so :mod:`fastnoise._backends.cuda` reuses them.
 
 from __future__ import annotations
 
+import types
+
 import torch
 
 from fastnoise import _extension
@@ -24,6 +26,7 @@ __all__ = [
     "NAME",
     "unavailable_reason",
     "supports",
+    "front_door",
     "noise_forward",
     "noise_backward_sigma",
     "pnil_forward",
@@ -44,6 +47,24 @@ def supports(device: torch.device) -> bool:
 
 def _ops():
     return _extension.ops()
+
+
+def front_door() -> types.SimpleNamespace:
+    """The extension's public ops as bare callables (an ``OpOverload``'s ``_op``: one
+    Python frame less per call). ``inject_noise``/``pnil`` check their arguments, draw
+    the seed, run the kernel and record autograd; the attack steps record no graph."""
+    ops = _extension.ops()
+
+    def bare(overload):
+        return getattr(overload, "_op", overload)
+
+    return types.SimpleNamespace(
+        inject_noise=bare(ops.inject_noise.default),
+        inject_noise_scalar=bare(ops.inject_noise.scalar),
+        pnil=bare(ops.pnil.default),
+        pgd_step=bare(ops.pgd_step.default),
+        random_start=bare(ops.random_start.draw),
+    )
 
 
 def noise_forward(x: torch.Tensor, sigma: torch.Tensor, seed: int, offset: int) -> torch.Tensor:

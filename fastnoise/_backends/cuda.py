@@ -12,6 +12,7 @@ import torch
 
 from fastnoise import _extension
 from fastnoise._backends.cpp import (
+    front_door,
     noise_backward_sigma,
     noise_forward,
     pgd_step,
@@ -27,6 +28,7 @@ __all__ = [
     "NAME",
     "unavailable_reason",
     "supports",
+    "front_door",
     "noise_forward",
     "noise_backward_sigma",
     "pnil_forward",

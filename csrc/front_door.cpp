@@ -1,0 +1,333 @@
+// The public ops' front door: one dispatcher call from Python does the argument checks,
+// draws the seed, runs the fused kernel and records autograd (a C++ autograd::Function
+// on the Autograd key, as torchvision does for its ops). The kernels are the backend
+// ops of ops.cpp (noise_forward, pnil_forward, ...), reached through the dispatcher so
+// the CPU and CUDA implementations both serve it.
+//
+// seed=None draws a 63-bit seed from torch's default CPU generator exactly as
+// fastnoise.rng.draw_seed() does (torch.randint(0, 2**63 - 1)), so torch.manual_seed
+// gives the same noise on this path and the Python one. The backward regenerates the
+// noise from the (seed, offset) saved here: nothing activation-sized is kept for it.
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/_assert_async.h>
+#include <ATen/ops/all.h>
+#include <ATen/ops/full.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <limits>
+#include <mutex>
+#include <optional>
+
+#include "common.h"
+
+namespace fastnoise {
+namespace front {
+namespace {
+
+using at::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// ---- the backend ops, looked up once ------------------------------------------------
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> backend_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+Tensor noise_forward(const Tensor& x, const Tensor& sigma, int64_t seed, int64_t offset) {
+  static const auto op = backend_op<Tensor(const Tensor&, const Tensor&, int64_t, int64_t)>(
+      "fastnoise_C::noise_forward");
+  return op.call(x, sigma, seed, offset);
+}
+
+Tensor noise_backward_sigma(const Tensor& grad_y, const Tensor& sigma, int64_t seed,
+                            int64_t offset) {
+  static const auto op = backend_op<Tensor(const Tensor&, const Tensor&, int64_t, int64_t)>(
+      "fastnoise_C::noise_backward_sigma");
+  return op.call(grad_y, sigma, seed, offset);
+}
+
+Tensor pnil_forward(const Tensor& x, const Tensor& w, const Tensor& b, int64_t seed,
+                    int64_t offset) {
+  static const auto op =
+      backend_op<Tensor(const Tensor&, const Tensor&, const Tensor&, int64_t, int64_t)>(
+          "fastnoise_C::pnil_forward");
+  return op.call(x, w, b, seed, offset);
+}
+
+std::tuple<Tensor, Tensor, Tensor> pnil_backward(const Tensor& grad_y, const Tensor& x,
+                                                 const Tensor& w, const Tensor& b, int64_t seed,
+                                                 int64_t offset) {
+  static const auto op = backend_op<std::tuple<Tensor, Tensor, Tensor>(
+      const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t, int64_t)>(
+      "fastnoise_C::pnil_backward");
+  return op.call(grad_y, x, w, b, seed, offset);
+}
+
+// ---- checks: the messages of fastnoise/_validation.py ----------------------------------
+
+void check_input(const Tensor& x) {
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()),
+                   "x must be a floating tensor (float16, bfloat16, float32 or float64), got ",
+                   x.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() >= 1,
+                    "x must have a batch dimension (at least 1-D), got a 0-d tensor");
+}
+
+// Device and broadcast; the kernels check the broadcast again where they expand.
+void check_param(const Tensor& p, const char* name, const Tensor& x) {
+  TORCH_CHECK_TYPE(at::isFloatingType(p.scalar_type()), name,
+                   " must be a floating tensor (float16, bfloat16, float32 or float64), got ",
+                   p.scalar_type());
+  TORCH_CHECK_VALUE(p.device() == x.device(), name, " is on ", p.device(), " but x is on ",
+                    x.device(), "; move them to the same device");
+  const auto sample = x.sizes().slice(1);
+  TORCH_CHECK_VALUE(p.dim() <= static_cast<int64_t>(sample.size()), name,
+                    " must broadcast to one sample of x (shape ", sample, "); got ", p.sizes(),
+                    " with more dims than a sample");
+  for (int64_t d = 1; d <= p.dim(); ++d) {
+    const int64_t have = p.size(-d), want = sample[sample.size() - d];
+    TORCH_CHECK_VALUE(have == 1 || have == want, name, " of shape ", p.sizes(),
+                      " does not broadcast to one sample of x (shape ", sample, ")");
+  }
+}
+
+template <typename T>
+bool all_non_negative(const T* p, int64_t n) {
+  bool ok = true;
+  for (int64_t i = 0; i < n; ++i) ok &= p[i] >= T(0);  // NaN >= 0 is false
+  return ok;
+}
+
+// On the CPU a parameter-sized loop raises at once; on an accelerator the check is an
+// async assert, so the forward never waits on the device.
+void check_non_negative(const Tensor& t, const char* name) {
+  if (t.numel() == 0 || t.is_meta()) return;
+  if (t.is_cpu()) {
+    bool ok;
+    if (t.is_contiguous() && t.scalar_type() == at::kFloat) {
+      ok = all_non_negative(t.const_data_ptr<float>(), t.numel());
+    } else if (t.is_contiguous() && t.scalar_type() == at::kDouble) {
+      ok = all_non_negative(t.const_data_ptr<double>(), t.numel());
+    } else {
+      ok = at::all(t.ge(0)).item<bool>();
+    }
+    TORCH_CHECK_VALUE(ok, name, " must be non-negative and not NaN (min ",
+                      t.min().item<double>(), ")");
+  } else {
+    at::_assert_async(at::all(t.ge(0)), std::string(name) + " must be non-negative and not NaN");
+  }
+}
+
+int64_t seed_or_draw(std::optional<int64_t> seed, int64_t offset) {
+  TORCH_CHECK_VALUE(offset >= 0, "offset must be >= 0, got ", offset);
+  if (seed.has_value()) {
+    TORCH_CHECK_VALUE(*seed >= 0, "seed must be in [0, 2**63), got ", *seed);
+    return *seed;
+  }
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  const uint64_t word = at::check_generator<at::CPUGeneratorImpl>(gen)->random64();
+  // torch.randint(0, 2**63 - 1) on the CPU: one random64() modulo the range.
+  return static_cast<int64_t>(word % static_cast<uint64_t>(std::numeric_limits<int64_t>::max()));
+}
+
+// Outputs are channels_last when the input is, else contiguous, as in fastnoise/_ops.py.
+Tensor in_layout_of(Tensor out, const Tensor& x) {
+  if (x.dim() == 4 && !x.is_contiguous() &&
+      x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    return out.contiguous(at::MemoryFormat::ChannelsLast);
+  }
+  return out;
+}
+
+// ---- noise injection, Learn2Perturb Eq. (4)-(5): y = x + sigma * z --------------------
+
+class NoiseInjection : public torch::autograd::Function<NoiseInjection> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& sigma, int64_t seed,
+                        int64_t offset) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({sigma});  // parameter-sized: z is regenerated, not stored
+    ctx->saved_data["seed"] = seed;
+    ctx->saved_data["offset"] = offset;
+    return in_layout_of(noise_forward(x, sigma, seed, offset), x);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    Tensor grad_sigma;
+    if (ctx->needs_input_grad(1)) {
+      const Tensor sigma = ctx->get_saved_variables()[0];
+      grad_sigma = noise_backward_sigma(grads[0], sigma, ctx->saved_data["seed"].toInt(),
+                                        ctx->saved_data["offset"].toInt());
+    }
+    return {grads[0], grad_sigma, Tensor(), Tensor()};  // dy/dx = 1
+  }
+};
+
+void check_inject(const Tensor& x, const Tensor& sigma) {
+  check_input(x);
+  check_param(sigma, "sigma", x);
+  check_non_negative(sigma, "sigma");
+}
+
+Tensor inject_noise_autograd(const Tensor& x, const Tensor& sigma, std::optional<int64_t> seed,
+                             int64_t offset) {
+  check_inject(x, sigma);
+  return NoiseInjection::apply(x, sigma, seed_or_draw(seed, offset), offset);
+}
+
+Tensor inject_noise_plain(const Tensor& x, const Tensor& sigma, std::optional<int64_t> seed,
+                          int64_t offset) {
+  check_inject(x, sigma);
+  return in_layout_of(noise_forward(x, sigma, seed_or_draw(seed, offset), offset), x);
+}
+
+// A float sigma becomes a 0-d tensor on x's device with a fill, not a host-to-device copy:
+// no stream sync, and a CUDA graph can capture it.
+Tensor filled_sigma(const Tensor& x, double sigma) {
+  check_input(x);
+  // !(sigma >= 0) also rejects NaN
+  TORCH_CHECK_VALUE(sigma >= 0, "sigma must be a non-negative number, got ", sigma);
+  const auto opmath = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  return at::full({}, sigma, x.options().dtype(opmath));
+}
+
+class NoiseInjectionScalar : public torch::autograd::Function<NoiseInjectionScalar> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& sigma, int64_t seed,
+                        int64_t offset) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return in_layout_of(noise_forward(x, sigma, seed, offset), x);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {grads[0], Tensor(), Tensor(), Tensor()};  // a number sigma has no gradient
+  }
+};
+
+Tensor inject_noise_scalar_autograd(const Tensor& x, double sigma, std::optional<int64_t> seed,
+                                    int64_t offset) {
+  const Tensor s = filled_sigma(x, sigma);
+  return NoiseInjectionScalar::apply(x, s, seed_or_draw(seed, offset), offset);
+}
+
+Tensor inject_noise_scalar_plain(const Tensor& x, double sigma, std::optional<int64_t> seed,
+                                 int64_t offset) {
+  const Tensor s = filled_sigma(x, sigma);
+  return in_layout_of(noise_forward(x, s, seed_or_draw(seed, offset), offset), x);
+}
+
+// ---- PNIL, Eq. (2)-(3): y = x + z * exp((x * W + B) / 2) -------------------------------
+
+class Pnil : public torch::autograd::Function<Pnil> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& weight,
+                        const Tensor& bias, int64_t seed, int64_t offset) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({x, weight, bias});  // x, not z: z is regenerated
+    ctx->saved_data["seed"] = seed;
+    ctx->saved_data["offset"] = offset;
+    return in_layout_of(pnil_forward(x, weight, bias, seed, offset), x);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    auto [gx, gw, gb] = pnil_backward(grads[0], saved[0], saved[1], saved[2],
+                                      ctx->saved_data["seed"].toInt(),
+                                      ctx->saved_data["offset"].toInt());
+    return {in_layout_of(gx, saved[0]), gw, gb, Tensor(), Tensor()};
+  }
+};
+
+void check_pnil(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  check_input(x);
+  check_param(weight, "weight", x);
+  check_param(bias, "bias", x);
+}
+
+Tensor pnil_autograd(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                     std::optional<int64_t> seed, int64_t offset) {
+  check_pnil(x, weight, bias);
+  return Pnil::apply(x, weight, bias, seed_or_draw(seed, offset), offset);
+}
+
+Tensor pnil_plain(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                  std::optional<int64_t> seed, int64_t offset) {
+  check_pnil(x, weight, bias);
+  return in_layout_of(pnil_forward(x, weight, bias, seed_or_draw(seed, offset), offset), x);
+}
+
+}  // namespace
+}  // namespace front
+}  // namespace fastnoise
+
+TORCH_LIBRARY_FRAGMENT(fastnoise_C, m) {
+  // Learn2Perturb Eq. (4)-(5) with checks, seed drawing and autograd in one call.
+  m.def("inject_noise(Tensor x, Tensor sigma, int? seed, int offset) -> Tensor");
+  m.def("inject_noise.scalar(Tensor x, float sigma, int? seed, int offset) -> Tensor");
+  // PNIL Eq. (2)-(3), likewise.
+  m.def("pnil(Tensor x, Tensor weight, Tensor bias, int? seed, int offset) -> Tensor");
+  // random_start that draws its seed when None; it records no graph.
+  m.def(
+      "random_start.draw(Tensor x, float eps, int? seed, int offset, float clip_min,"
+      " float clip_max, bool project) -> Tensor");
+}
+
+namespace fastnoise {
+namespace front {
+namespace {
+
+// The attack steps are not differentiable: run them below autograd, so the result has no
+// graph even when x_adv requires grad (the Python callers need no torch.no_grad()).
+Tensor pgd_step_no_graph(const Tensor& x_adv, const Tensor& grad, const Tensor& x_orig,
+                         double step_size, double eps, double clip_min, double clip_max) {
+  static const auto op = backend_op<Tensor(const Tensor&, const Tensor&, const Tensor&, double,
+                                           double, double, double)>("fastnoise_C::pgd_step");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(x_adv, grad, x_orig, step_size, eps, clip_min, clip_max);
+}
+
+Tensor random_start_no_graph(const Tensor& x, double eps, int64_t seed, int64_t offset,
+                             double clip_min, double clip_max, bool project) {
+  static const auto op =
+      backend_op<Tensor(const Tensor&, double, int64_t, int64_t, double, double, bool)>(
+          "fastnoise_C::random_start");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(x, eps, seed, offset, clip_min, clip_max, project);
+}
+
+// PGD's random start with the seed drawn here when None (the public random_start).
+Tensor random_start_draw(const Tensor& x, double eps, std::optional<int64_t> seed,
+                         int64_t offset, double clip_min, double clip_max, bool project) {
+  // !(eps >= 0) also rejects NaN
+  TORCH_CHECK_VALUE(eps >= 0, "eps must be a non-negative number, got ", eps);
+  return random_start_no_graph(x, eps, seed_or_draw(seed, offset), offset, clip_min, clip_max,
+                               project);
+}
+
+}  // namespace
+}  // namespace front
+}  // namespace fastnoise
+
+TORCH_LIBRARY_IMPL(fastnoise_C, Autograd, m) {
+  m.impl("random_start.draw", &fastnoise::front::random_start_draw);
+  m.impl("pgd_step", &fastnoise::front::pgd_step_no_graph);
+  m.impl("random_start", &fastnoise::front::random_start_no_graph);
+  m.impl("inject_noise", &fastnoise::front::inject_noise_autograd);
+  m.impl("inject_noise.scalar", &fastnoise::front::inject_noise_scalar_autograd);
+  m.impl("pnil", &fastnoise::front::pnil_autograd);
+}
+
+// Below autograd (inference_mode, or a caller that already handled autograd): the same
+// checks and kernels without the autograd record.
+TORCH_LIBRARY_IMPL(fastnoise_C, CompositeExplicitAutograd, m) {
+  m.impl("inject_noise", &fastnoise::front::inject_noise_plain);
+  m.impl("inject_noise.scalar", &fastnoise::front::inject_noise_scalar_plain);
+  m.impl("pnil", &fastnoise::front::pnil_plain);
+  m.impl("random_start.draw", &fastnoise::front::random_start_draw);
+}
