@@ -25,7 +25,7 @@ inline void check_floating(const at::Tensor& t, const char* name) {
 
 inline void check_seed_offset(int64_t seed, int64_t offset) {
   TORCH_CHECK_VALUE(seed >= 0, "seed must be in [0, 2**63), got ", seed);
-  TORCH_CHECK_VALUE(offset >= 0, "offset must be >= 0, got ", offset);
+  TORCH_CHECK_VALUE(offset >= 0, "offset must be in [0, 2**63), got ", offset);
 }
 
 // Elements per sample: parameters are laid out as one contiguous sample, x[0].

@@ -124,7 +124,7 @@ void check_non_negative(const Tensor& t, const char* name) {
 }
 
 int64_t seed_or_draw(std::optional<int64_t> seed, int64_t offset) {
-  TORCH_CHECK_VALUE(offset >= 0, "offset must be >= 0, got ", offset);
+  TORCH_CHECK_VALUE(offset >= 0, "offset must be in [0, 2**63), got ", offset);
   if (seed.has_value()) {
     TORCH_CHECK_VALUE(*seed >= 0, "seed must be in [0, 2**63), got ", *seed);
     return *seed;

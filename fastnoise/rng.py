@@ -97,8 +97,8 @@ def _check_seed_offset(seed: int, offset: int) -> None:
         raise ValueError(f"seed must be in [0, 2**63), got {seed}")
     if isinstance(offset, bool) or not isinstance(offset, int):
         raise TypeError(f"offset must be a Python int, got {type(offset).__name__}")
-    if offset < 0:
-        raise ValueError(f"offset must be >= 0, got {offset}")
+    if not 0 <= offset < SEED_LIMIT:  # int64 on every backend
+        raise ValueError(f"offset must be in [0, 2**63), got {offset}")
 
 
 def counters_for(numel: int) -> int:

@@ -280,7 +280,7 @@ def test_bad_arguments_raise_clear_errors():
         cpp.noise_forward(x, torch.ones(5), 1, 0)
     with pytest.raises(ValueError, match="weight .* more dims"):
         cpp.pnil_forward(x, torch.ones(2, 2, 3, 4), torch.ones(()), 1, 0)
-    with pytest.raises(ValueError, match="offset must be >= 0"):
+    with pytest.raises(ValueError, match=r"offset must be in \[0, 2\*\*63\)"):
         cpp.noise_forward(x, torch.ones(()), 1, -1)
     with pytest.raises(TypeError, match="x must be a floating tensor"):
         cpp.noise_forward(x.int(), torch.ones(()), 1, 0)
@@ -446,3 +446,160 @@ def test_cuda_ops_match_reference(dtype, layout, seed_offset):
     assert torch.equal(cuda.pgd_step(*args).cpu(), ref.pgd_step(*args).cpu())
     args = (pixels, 8 / 255, 7, 2**32 + 9, 0.0, 1.0, True)
     _close(cuda.random_start(*args).cpu(), ref.random_start(*args).cpu(), dtype)
+
+
+# The CUDA backward sums parameter gradients as per-block partials over a fixed grid, then
+# the partial rows in a fixed order: no atomics. Shapes with several row chunks and two
+# passes (rows >> 4 * row lanes), features % 4 == 0 (rows start on a Philox counter, quad
+# loads) and != 0 (rows start mid-counter), tiny feature counts, and one pass (2 rows).
+CUDA_BACKWARD_SHAPES = [(512, 3, 16, 16), (300, 5, 7, 9), (4096, 10), (2, 3, 200, 200)]
+
+
+def _cuda_backward_inputs(shape, dtype, param_shape=None):
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.rand(shape, generator=g).to(dtype).cuda()
+    grad_y = torch.randn(shape, generator=g).to(dtype).cuda()
+    param_shape = shape[1:] if param_shape is None else param_shape
+    sigma = (torch.rand(param_shape, generator=g) * 0.5 + 0.05).cuda()
+    w = ((torch.rand(param_shape, generator=g) - 0.5) * 0.5).cuda()
+    b = ((torch.rand(param_shape, generator=g) - 0.5) * 0.5).cuda()
+    return x, grad_y, sigma, w, b
+
+
+def _cuda_backward(x, grad_y, sigma, w, b, seed, offset):
+    from fastnoise._backends import cuda
+
+    return (
+        cuda.noise_backward_sigma(grad_y, sigma, seed, offset),
+        *cuda.pnil_backward(grad_y, x, w, b, seed, offset),
+    )
+
+
+def _misaligned(t: torch.Tensor) -> torch.Tensor:
+    """The same values, contiguous, one element past an aligned address: the kernels then
+    take their scalar-load path instead of 8/16-byte quads."""
+    buffer = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    out = buffer[1:].view(t.shape).copy_(t)
+    assert out.is_contiguous() and out.data_ptr() % 16 != 0
+    return out
+
+
+@needs_cuda_kernels
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", CUDA_BACKWARD_SHAPES, ids=str)
+def test_cuda_backward_is_bitwise_reproducible(dtype, shape):
+    # With one float atomicAdd per element (the kernels before), the hundreds to thousands
+    # of adds into each feature's sum landed in scheduling order, so two runs differed in
+    # the last bits; a reduction that depends on timing fails here.
+    x, grad_y, sigma, w, b = _cuda_backward_inputs(shape, dtype)
+    first = _cuda_backward(x, grad_y, sigma, w, b, 2**32 + 99, 2**32 - 3)
+    for _ in range(3):
+        again = _cuda_backward(x, grad_y, sigma, w, b, 2**32 + 99, 2**32 - 3)
+        for got, want in zip(again, first, strict=True):
+            assert torch.equal(got, want)
+
+
+@needs_cuda_kernels
+@pytest.mark.parametrize("shape", CUDA_BACKWARD_SHAPES[:2], ids=str)
+def test_cuda_backward_runs_under_deterministic_algorithms(shape):
+    # torch.use_deterministic_algorithms(True) must neither raise (an op flagged
+    # nondeterministic would) nor change the result: the kernels are deterministic anyway.
+    from fastnoise import functional
+    from fastnoise._dispatch import use_backend
+
+    x, grad_y, sigma, w, b = _cuda_backward_inputs(shape, torch.float32)
+    free = _cuda_backward(x, grad_y, sigma, w, b, 99, 7)
+    was_on, was_warn_only = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    torch.use_deterministic_algorithms(True)
+    try:
+        strict = _cuda_backward(x, grad_y, sigma, w, b, 99, 7)
+        x_leaf, s_leaf = x.clone().requires_grad_(), sigma.clone().requires_grad_()
+        w_leaf, b_leaf = w.clone().requires_grad_(), b.clone().requires_grad_()
+        with use_backend("cuda"):
+            y = functional.inject_noise(x_leaf, s_leaf, seed=5, offset=0)
+            y = functional.pnil(y, w_leaf, b_leaf, seed=6, offset=0)
+            grads = torch.autograd.grad(y.square().sum(), (x_leaf, s_leaf, w_leaf, b_leaf))
+        torch.cuda.synchronize()
+    finally:
+        torch.use_deterministic_algorithms(was_on, warn_only=was_warn_only)
+    for got, want in zip(strict, free, strict=True):
+        assert torch.equal(got, want)
+    assert all(bool(g.isfinite().all()) for g in grads)
+
+
+@needs_cuda_kernels
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", CUDA_BACKWARD_SHAPES, ids=str)
+def test_cuda_backward_matches_reference(dtype, shape, seed_offset):
+    x, grad_y, sigma, w, b = _cuda_backward_inputs(shape, dtype)
+    seed, offset = seed_offset
+    got = _cuda_backward(x, grad_y, sigma, w, b, seed, offset)
+    want = (
+        ref.noise_backward_sigma(grad_y, sigma, seed, offset),
+        *ref.pnil_backward(grad_y, x, w, b, seed, offset),
+    )
+    rows = shape[0]
+    _grad_close(got[0].cpu(), want[0].cpu(), rows)
+    _close(got[1].cpu(), want[1].cpu(), dtype)
+    _grad_close(got[2].cpu(), want[2].cpu(), rows)
+    _grad_close(got[3].cpu(), want[3].cpu(), rows)
+
+
+@needs_cuda_kernels
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cuda_backward_broadcast_parameters_match_reference(dtype, seed_offset):
+    """Per-channel and scalar parameters: the kernels sum per feature, ATen the rest."""
+    shape = (64, 3, 9, 11)  # 297 features: rows start mid-counter
+    seed, offset = seed_offset
+    for param_shape in [(3, 1, 1), ()]:
+        x, grad_y, sigma, w, b = _cuda_backward_inputs(shape, dtype, param_shape)
+        got = _cuda_backward(x, grad_y, sigma, w, b, seed, offset)
+        want = (
+            ref.noise_backward_sigma(grad_y, sigma, seed, offset),
+            *ref.pnil_backward(grad_y, x, w, b, seed, offset),
+        )
+        terms = x.numel() // max(sigma.numel(), 1)
+        _grad_close(got[0].cpu(), want[0].cpu(), terms)
+        _close(got[1].cpu(), want[1].cpu(), dtype)
+        _grad_close(got[2].cpu(), want[2].cpu(), terms)
+        _grad_close(got[3].cpu(), want[3].cpu(), terms)
+
+
+@needs_cuda_kernels
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(7, 3, 8, 8), (5, 3, 7, 9), (9, 2), (6, 1)], ids=str)
+def test_cuda_quad_and_scalar_loads_give_the_same_bits(dtype, shape):
+    # Aligned tensors take the 8/16-byte quad loads and stores, misaligned ones the scalar
+    # path; both must give the same bits, forward and backward (the backward's summation
+    # order does not depend on the loads). A lane mix-up in a quad (e.g. the half words of
+    # an fp16 quad swapped) fails here, and against the reference in the tests above.
+    from fastnoise._backends import cuda
+
+    x, grad_y, sigma, w, b = _cuda_backward_inputs(shape, dtype)
+    seed, offset = 2**63 - 25, 2**40 + 1
+    x2, grad_y2 = _misaligned(x), _misaligned(grad_y)
+    sigma2, w2, b2 = _misaligned(sigma), _misaligned(w), _misaligned(b)
+    pairs = [
+        (cuda.noise_forward(x, sigma, seed, offset), cuda.noise_forward(x2, sigma2, seed, offset)),
+        (cuda.pnil_forward(x, w, b, seed, offset), cuda.pnil_forward(x2, w2, b2, seed, offset)),
+        (
+            cuda.random_start(x, 8 / 255, seed, offset, 0.0, 1.0, True),
+            cuda.random_start(x2, 8 / 255, seed, offset, 0.0, 1.0, True),
+        ),
+        (
+            cuda.pgd_step(x, grad_y, x.flip(0), 0.01, 8 / 255, 0.0, 1.0),
+            cuda.pgd_step(x2, grad_y2, _misaligned(x.flip(0)), 0.01, 8 / 255, 0.0, 1.0),
+        ),
+    ]
+    pairs += zip(
+        _cuda_backward(x, grad_y, sigma, w, b, seed, offset),
+        _cuda_backward(x2, grad_y2, sigma2, w2, b2, seed, offset),
+        strict=True,
+    )
+    for aligned, scalar in pairs:
+        assert torch.equal(aligned, scalar)
+    _close(pairs[0][0].cpu(), ref.noise_forward(x, sigma, seed, offset).cpu(), dtype)
+    _close(pairs[1][0].cpu(), ref.pnil_forward(x, w, b, seed, offset).cpu(), dtype)

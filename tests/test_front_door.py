@@ -1,0 +1,223 @@
+"""The C++ front door (csrc/front_door.cpp): eager calls on the extension's devices take
+one dispatcher call that checks, draws the seed, runs the kernel and records autograd.
+
+It must give exactly what the custom-op path of fastnoise/_ops.py gives on the same
+kernels, match the pure-torch spec, draw the same seed from torch's generator, reject the
+same bad inputs, and resolve the backend once per device, not per call.
+"""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from fastnoise import _dispatch, rng, use_backend
+from fastnoise import functional as F
+from fastnoise._backends import cpp
+
+from tolerances import assert_close_ulps
+
+pytestmark = pytest.mark.skipif(
+    cpp.unavailable_reason() is not None, reason=f"C++ extension: {cpp.unavailable_reason()}"
+)
+
+SHAPE = (5, 3, 5, 7)  # odd sizes: runs cross tiles and rows
+# Parameter shapes against one sample (3, 5, 7): read in place (full, channel, scalar,
+# leading) or expanded per call (trailing, middle).
+PARAM_SHAPES = {
+    "full": (3, 5, 7),
+    "channel": (3, 1, 1),
+    "scalar": (),
+    "leading": (3, 5, 1),
+    "trailing": (5, 7),
+    "middle": (1, 5, 1),
+}
+X = torch.rand(2, 3)  # for the bad-input cases
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+
+
+@pytest.fixture
+def custom_op_path(monkeypatch):
+    """Run a call through fastnoise._ops' custom ops instead of the front door."""
+
+    def run(fn):
+        with monkeypatch.context() as m:
+            m.setattr(F, "_front_door", lambda *args: None)
+            return fn()
+
+    return run
+
+
+def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    if layout == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":  # a non-contiguous view with the same values
+        return x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    return x
+
+
+def _grads(fn, *inputs):
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    y = fn(*leaves)
+    weights = torch.linspace(-1, 1, y.numel()).reshape(y.shape).to(y.dtype)
+    (y * weights).sum().backward()
+    return y.detach(), [leaf.grad for leaf in leaves]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("param", list(PARAM_SHAPES), ids=list(PARAM_SHAPES))
+def test_inject_noise_matches_the_custom_op_path_and_the_spec(
+    param, dtype, layout, seed_offset, custom_op_path
+):
+    seed, offset = seed_offset
+    x = _layout(torch.randn(SHAPE, dtype=dtype), layout)
+    sigma = torch.rand(PARAM_SHAPES[param], dtype=dtype) + 0.1
+
+    def call(x, sigma):
+        return F.inject_noise(x, sigma, seed=seed, offset=offset)
+
+    y, (gx, gs) = _grads(call, x, sigma)
+    y_op, (gx_op, gs_op) = custom_op_path(lambda: _grads(call, x, sigma))
+    assert torch.equal(y, y_op) and torch.equal(gx, gx_op) and torch.equal(gs, gs_op)
+    assert y.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+    with use_backend("torch"):
+        y_ref, (_, gs_ref) = _grads(call, x, sigma)
+    assert_close_ulps(y, y_ref, atol=1e-6)
+    torch.testing.assert_close(gs, gs_ref, rtol=2e-2, atol=2e-2 * gs_ref.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(
+    "shapes",
+    [("full", "full"), ("channel", "channel"), ("scalar", "scalar"), ("full", "channel")],
+    ids=["full", "channel", "scalar", "mixed"],
+)
+def test_pnil_matches_the_custom_op_path_and_the_spec(shapes, dtype, seed_offset, custom_op_path):
+    seed, offset = seed_offset
+    x = torch.rand(SHAPE, dtype=dtype)
+    weight = torch.randn(PARAM_SHAPES[shapes[0]], dtype=dtype) * 0.5
+    bias = torch.randn(PARAM_SHAPES[shapes[1]], dtype=dtype) * 0.5 - 2
+
+    def call(x, weight, bias):
+        return F.pnil(x, weight, bias, seed=seed, offset=offset)
+
+    y, grads = _grads(call, x, weight, bias)
+    y_op, grads_op = custom_op_path(lambda: _grads(call, x, weight, bias))
+    assert torch.equal(y, y_op)
+    assert all(torch.equal(g, g_op) for g, g_op in zip(grads, grads_op, strict=True))
+    with use_backend("torch"):
+        y_ref, grads_ref = _grads(call, x, weight, bias)
+    assert_close_ulps(y, y_ref, ulps=2, atol=1e-5)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        scale = g_ref.abs().max().item()
+        torch.testing.assert_close(g, g_ref, rtol=2e-2, atol=2e-2 * scale)
+
+
+def test_gradcheck_float64(seed_offset):
+    seed, offset = seed_offset
+    x = torch.rand(3, 2, 3, 5, dtype=torch.float64, requires_grad=True)
+    sigma = (torch.rand(2, 1, 1, dtype=torch.float64) + 0.1).requires_grad_()
+    weight = (torch.randn(2, 3, 5, dtype=torch.float64) * 0.3).requires_grad_()
+    bias = (torch.randn(2, 1, 1, dtype=torch.float64) * 0.3 - 1).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda x, s: F.inject_noise(x, s, seed=seed, offset=offset), (x, sigma)
+    )
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: F.pnil(x, w, b, seed=seed, offset=offset), (x, weight, bias)
+    )
+
+
+@pytest.mark.parametrize("op", ["inject_noise", "pnil", "random_start"])
+def test_seed_none_draws_what_rng_draw_seed_draws(op):
+    """torch.manual_seed makes the front door reproducible, and it consumes the generator
+    exactly as the Python path's rng.draw_seed() does."""
+    x = torch.rand(4, 3, 8)
+    calls = {
+        "inject_noise": lambda seed: F.inject_noise(x, torch.full((3, 1), 0.5), seed=seed),
+        "pnil": lambda seed: F.pnil(x, torch.ones(3, 8), torch.zeros(3, 8), seed=seed),
+        "random_start": lambda seed: F.random_start(x, 0.1, seed=seed),
+    }
+    torch.manual_seed(11)
+    drawn, after_drawn = calls[op](None), torch.rand(2)
+    torch.manual_seed(11)
+    explicit, after_explicit = calls[op](rng.draw_seed()), torch.rand(2)
+    assert torch.equal(drawn, explicit) and torch.equal(after_drawn, after_explicit)
+    assert not torch.equal(calls[op](None), calls[op](None)), "two draws gave the same noise"
+
+
+def test_inference_mode_float_sigma_and_no_graph_attack_steps(seed_offset):
+    seed, offset = seed_offset
+    x = torch.rand(4, 3, 5, requires_grad=True)
+    y = F.inject_noise(x, 0.3, seed=seed, offset=offset)  # a float sigma: a filled 0-d tensor
+    assert torch.equal(y, F.inject_noise(x, torch.tensor(0.3), seed=seed, offset=offset))
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+    with torch.inference_mode():  # below autograd: the CompositeExplicitAutograd kernels
+        assert torch.equal(F.inject_noise(x, 0.3, seed=seed, offset=offset), y)
+        w, b = torch.ones(3, 5), torch.zeros(3, 5)
+        assert torch.equal(
+            F.pnil(x, w, b, seed=seed, offset=offset),
+            F.pnil(x.detach(), w, b, seed=seed, offset=offset),
+        )
+    step = F.pgd_step(x, torch.randn_like(x), x.detach(), 0.1, 0.2)
+    start = F.random_start(x, 0.1, seed=seed, offset=offset)
+    assert step.grad_fn is None and not step.requires_grad
+    assert start.grad_fn is None and not start.requires_grad
+
+
+@pytest.mark.parametrize(
+    "call, error, needle",
+    [
+        (lambda: F.inject_noise(torch.rand(2, 3), -torch.ones(3)), ValueError, "sigma"),
+        (lambda: F.inject_noise(torch.rand(2, 3), torch.tensor(float("nan"))), ValueError, "sigma"),
+        (lambda: F.inject_noise(torch.rand(2, 3), -0.5), ValueError, "sigma"),
+        (lambda: F.inject_noise(torch.rand(2, 3), float("nan")), ValueError, "sigma"),
+        (lambda: F.inject_noise(torch.rand(2, 3), "0.5"), TypeError, "sigma"),
+        (lambda: F.inject_noise(torch.rand(2, 3), torch.ones(3).long()), TypeError, "sigma"),
+        (lambda: F.inject_noise(torch.rand(2, 3), torch.ones(4)), ValueError, "sigma"),
+        (lambda: F.inject_noise(torch.ones(2, 3, dtype=torch.int32), 0.1), TypeError, "x"),
+        (lambda: F.inject_noise(torch.tensor(1.0), 0.1), ValueError, "x"),
+        (lambda: F.inject_noise(torch.rand(2, 3), 0.1, seed=-1), ValueError, "seed"),
+        (lambda: F.inject_noise(torch.rand(2, 3), 0.1, seed=2**63), ValueError, "seed"),
+        (lambda: F.inject_noise(torch.rand(2, 3), 0.1, seed=1, offset=-2), ValueError, "offset"),
+        (lambda: F.inject_noise(torch.rand(2, 3), 0.1, seed=1, offset=2**64), ValueError, "offset"),
+        (lambda: F.pnil(X, torch.ones(2, 3, 1), torch.ones(3)), ValueError, "weight"),
+        (lambda: F.pnil(torch.rand(2, 3), torch.ones(3), torch.ones(2)), ValueError, "bias"),
+        (lambda: F.pnil(torch.rand(2, 3), torch.ones(3), [0.0]), TypeError, "bias"),
+        (lambda: F.pnil(X, torch.ones(3), torch.ones(3), seed=-1), ValueError, "seed"),
+        (lambda: F.random_start(torch.rand(2, 3), 0.1, seed=-5), ValueError, "seed"),
+    ],
+)  # fmt: skip
+def test_bad_inputs_name_the_argument_on_both_paths(call, error, needle, custom_op_path):
+    for run in (lambda: call(), lambda: custom_op_path(call)):
+        with pytest.raises(error, match=needle):
+            run()
+
+
+def test_backend_resolved_once_per_device_and_cleared_by_set_backend(monkeypatch):
+    x, sigma = torch.rand(2, 3), torch.full((3,), 0.2)
+    _dispatch.refresh()
+    F.inject_noise(x, sigma, seed=1)  # resolves and caches the choice for the CPU
+
+    class NoReads(dict):
+        def get(self, *args, **kwargs):
+            raise AssertionError("the environment was read during a call")
+
+    monkeypatch.setattr(_dispatch, "os", types.SimpleNamespace(environ=NoReads()))
+    for _ in range(3):
+        F.inject_noise(x, sigma, seed=1)
+    monkeypatch.undo()
+
+    from fastnoise._backends import reference
+
+    calls = []
+    real = reference.noise_forward
+    monkeypatch.setattr(reference, "noise_forward", lambda *a: calls.append(1) or real(*a))
+    with use_backend("torch"):  # a new choice replaces the cached one...
+        torch.testing.assert_close(F.inject_noise(x, sigma, seed=1), real(x, sigma, 1, 0))
+    assert calls == [1]
+    F.inject_noise(x, sigma, seed=1)  # ...and leaving the block brings the old one back
+    assert calls == [1]
