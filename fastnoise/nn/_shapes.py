@@ -26,6 +26,14 @@ def as_sample_shape(name: str, shape: Sequence[int] | torch.Size | int) -> tuple
 
 def check_sample_shape(x: object, sample_shape: Sequence[int], owner: str) -> torch.Tensor:
     """``x`` must be a floating tensor of shape ``(N, *sample_shape)``."""
+    # The common case first, cheaply: layers run this on every forward.
+    if (
+        isinstance(x, torch.Tensor)
+        and x.dtype in v.FLOAT_DTYPES
+        and x.shape[1:] == sample_shape
+        and x.dim() == len(sample_shape) + 1
+    ):
+        return x
     x = v.check_tensor("x", x)
     if tuple(x.shape[1:]) != tuple(sample_shape) or x.dim() != len(sample_shape) + 1:
         raise ValueError(

@@ -34,12 +34,13 @@ class PerturbationInjection(NoiseLayer):
         self.theta = nn.Parameter(torch.full(shape, init))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_sample_shape(x, self.theta.shape, "PerturbationInjection")
+        theta = self.theta  # one Module.__getattr__: this runs on every forward
+        check_sample_shape(x, theta.shape, "PerturbationInjection")
         if not self.enabled:
             return x
         # theta * z and |theta| * z have the same law (z is symmetric); |theta| keeps
         # inject_noise's sigma >= 0 between an optimizer step and clamp_().
-        return inject_noise(x, self.theta.abs())
+        return inject_noise(x, theta.abs())
 
     @torch.no_grad()
     def clamp_(self) -> PerturbationInjection:
