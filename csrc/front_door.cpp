@@ -276,6 +276,16 @@ TORCH_LIBRARY_FRAGMENT(fastnoise_C, m) {
   m.def(
       "random_start.draw(Tensor x, float eps, int? seed, int offset, float clip_min,"
       " float clip_max, bool project) -> Tensor");
+  // The torch.compile path: rng_state = [seed, offset] (int64) and bounds = [step_size,
+  // eps, clip_min, clip_max] (float64) are CPU tensors, graph inputs rather than constants.
+  m.def("inject_noise.state(Tensor x, Tensor sigma, Tensor rng_state) -> Tensor");
+  m.def("noise_backward_sigma.state(Tensor grad_y, Tensor sigma, Tensor rng_state) -> Tensor");
+  m.def("pnil.state(Tensor x, Tensor weight, Tensor bias, Tensor rng_state) -> Tensor");
+  m.def(
+      "pnil_backward.state(Tensor grad_y, Tensor x, Tensor weight, Tensor bias,"
+      " Tensor rng_state) -> (Tensor, Tensor, Tensor)");
+  m.def("pgd_step.state(Tensor x_adv, Tensor grad, Tensor x_orig, Tensor bounds) -> Tensor");
+  m.def("random_start.state(Tensor x, Tensor rng_state, Tensor bounds, bool project) -> Tensor");
 }
 
 namespace fastnoise {
@@ -310,11 +320,164 @@ Tensor random_start_draw(const Tensor& x, double eps, std::optional<int64_t> see
                                project);
 }
 
+// ---- the torch.compile path: (seed, offset) and the attack bounds as small CPU tensors --
+// A compiled graph takes them as inputs, not constants, so new seeds and eps values do
+// not recompile (the contract of fastnoise/_ops.py, whose custom ops these replace on the
+// extension's devices: the graph then calls C++ with no Python in between).
+
+std::pair<int64_t, int64_t> unpack_rng_state(const Tensor& rng_state) {
+  TORCH_CHECK_VALUE(rng_state.is_cpu() && rng_state.scalar_type() == at::kLong &&
+                        rng_state.numel() == 2,
+                    "rng_state must be [seed, offset], two int64 on the CPU, got ",
+                    rng_state.scalar_type(), " of shape ", rng_state.sizes(), " on ",
+                    rng_state.device());
+  const Tensor values = rng_state.contiguous();
+  const int64_t seed = values.const_data_ptr<int64_t>()[0];
+  const int64_t offset = values.const_data_ptr<int64_t>()[1];
+  seed_or_draw(seed, offset);  // range checks
+  return {seed, offset};
+}
+
+struct Bounds {
+  double step_size, eps, clip_min, clip_max;
+};
+
+Bounds unpack_bounds(const Tensor& bounds) {
+  TORCH_CHECK_VALUE(bounds.is_cpu() && bounds.scalar_type() == at::kDouble && bounds.numel() == 4,
+                    "bounds must be [step_size, eps, clip_min, clip_max], four float64 on the "
+                    "CPU, got ", bounds.scalar_type(), " of shape ", bounds.sizes());
+  const Tensor values = bounds.contiguous();
+  const double* p = values.const_data_ptr<double>();
+  return {p[0], p[1], p[2], p[3]};
+}
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> overload(const char* name, const char* overload_name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, overload_name).typed<Signature>();
+}
+
+Tensor inject_noise_state_plain(const Tensor& x, const Tensor& sigma, const Tensor& rng_state) {
+  check_non_negative(sigma, "sigma");
+  const auto [seed, offset] = unpack_rng_state(rng_state);
+  return in_layout_of(noise_forward(x, sigma, seed, offset), x);
+}
+
+Tensor noise_backward_sigma_state(const Tensor& grad_y, const Tensor& sigma,
+                                  const Tensor& rng_state) {
+  const auto [seed, offset] = unpack_rng_state(rng_state);
+  return noise_backward_sigma(grad_y, sigma, seed, offset);
+}
+
+class NoiseInjectionState : public torch::autograd::Function<NoiseInjectionState> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& sigma,
+                        const Tensor& rng_state) {
+    static const auto op = overload<Tensor(const Tensor&, const Tensor&, const Tensor&)>(
+        "fastnoise_C::inject_noise", "state");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({sigma, rng_state});
+    return op.call(x, sigma, rng_state);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = overload<Tensor(const Tensor&, const Tensor&, const Tensor&)>(
+        "fastnoise_C::noise_backward_sigma", "state");
+    Tensor grad_sigma;
+    if (ctx->needs_input_grad(1)) {
+      const auto saved = ctx->get_saved_variables();
+      grad_sigma = op.call(grads[0], saved[0], saved[1]);
+    }
+    return {grads[0], grad_sigma, Tensor()};
+  }
+};
+
+Tensor inject_noise_state_autograd(const Tensor& x, const Tensor& sigma,
+                                   const Tensor& rng_state) {
+  return NoiseInjectionState::apply(x, sigma, rng_state);
+}
+
+Tensor pnil_state_plain(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                        const Tensor& rng_state) {
+  const auto [seed, offset] = unpack_rng_state(rng_state);
+  return in_layout_of(pnil_forward(x, weight, bias, seed, offset), x);
+}
+
+std::tuple<Tensor, Tensor, Tensor> pnil_backward_state(const Tensor& grad_y, const Tensor& x,
+                                                       const Tensor& weight, const Tensor& bias,
+                                                       const Tensor& rng_state) {
+  const auto [seed, offset] = unpack_rng_state(rng_state);
+  auto [gx, gw, gb] = pnil_backward(grad_y, x, weight, bias, seed, offset);
+  return {in_layout_of(gx, x), gw, gb};
+}
+
+class PnilState : public torch::autograd::Function<PnilState> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& weight,
+                        const Tensor& bias, const Tensor& rng_state) {
+    static const auto op =
+        overload<Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&)>(
+            "fastnoise_C::pnil", "state");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({x, weight, bias, rng_state});
+    return op.call(x, weight, bias, rng_state);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = overload<std::tuple<Tensor, Tensor, Tensor>(
+        const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&)>(
+        "fastnoise_C::pnil_backward", "state");
+    const auto saved = ctx->get_saved_variables();
+    auto [gx, gw, gb] = op.call(grads[0], saved[0], saved[1], saved[2], saved[3]);
+    return {gx, gw, gb, Tensor()};
+  }
+};
+
+Tensor pnil_state_autograd(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                           const Tensor& rng_state) {
+  return PnilState::apply(x, weight, bias, rng_state);
+}
+
+Tensor pgd_step_state(const Tensor& x_adv, const Tensor& grad, const Tensor& x_orig,
+                      const Tensor& bounds) {
+  const Bounds b = unpack_bounds(bounds);
+  return pgd_step_no_graph(x_adv, grad, x_orig, b.step_size, b.eps, b.clip_min, b.clip_max);
+}
+
+Tensor random_start_state(const Tensor& x, const Tensor& rng_state, const Tensor& bounds,
+                          bool project) {
+  const auto [seed, offset] = unpack_rng_state(rng_state);
+  const Bounds b = unpack_bounds(bounds);
+  return random_start_no_graph(x, b.eps, seed, offset, b.clip_min, b.clip_max, project);
+}
+
+// Autograd kernels of the attack steps' .state overloads: the same op below autograd, so
+// under torch.compile the fake kernels (not the data-reading ones above) see fake tensors.
+Tensor pgd_step_state_no_graph(const Tensor& x_adv, const Tensor& grad, const Tensor& x_orig,
+                               const Tensor& bounds) {
+  static const auto op =
+      overload<Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&)>(
+          "fastnoise_C::pgd_step", "state");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(x_adv, grad, x_orig, bounds);
+}
+
+Tensor random_start_state_no_graph(const Tensor& x, const Tensor& rng_state, const Tensor& bounds,
+                                   bool project) {
+  static const auto op = overload<Tensor(const Tensor&, const Tensor&, const Tensor&, bool)>(
+      "fastnoise_C::random_start", "state");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(x, rng_state, bounds, project);
+}
+
 }  // namespace
 }  // namespace front
 }  // namespace fastnoise
 
 TORCH_LIBRARY_IMPL(fastnoise_C, Autograd, m) {
+  m.impl("inject_noise.state", &fastnoise::front::inject_noise_state_autograd);
+  m.impl("pnil.state", &fastnoise::front::pnil_state_autograd);
+  m.impl("pgd_step.state", &fastnoise::front::pgd_step_state_no_graph);
+  m.impl("random_start.state", &fastnoise::front::random_start_state_no_graph);
   m.impl("random_start.draw", &fastnoise::front::random_start_draw);
   m.impl("pgd_step", &fastnoise::front::pgd_step_no_graph);
   m.impl("random_start", &fastnoise::front::random_start_no_graph);
@@ -330,4 +493,10 @@ TORCH_LIBRARY_IMPL(fastnoise_C, CompositeExplicitAutograd, m) {
   m.impl("inject_noise.scalar", &fastnoise::front::inject_noise_scalar_plain);
   m.impl("pnil", &fastnoise::front::pnil_plain);
   m.impl("random_start.draw", &fastnoise::front::random_start_draw);
+  m.impl("inject_noise.state", &fastnoise::front::inject_noise_state_plain);
+  m.impl("noise_backward_sigma.state", &fastnoise::front::noise_backward_sigma_state);
+  m.impl("pnil.state", &fastnoise::front::pnil_state_plain);
+  m.impl("pnil_backward.state", &fastnoise::front::pnil_backward_state);
+  m.impl("pgd_step.state", &fastnoise::front::pgd_step_state);
+  m.impl("random_start.state", &fastnoise::front::random_start_state);
 }

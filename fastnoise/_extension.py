@@ -241,6 +241,31 @@ def _register_fakes() -> None:
         philox_words,
     ):
         torch.library.register_fake(f"{LIBRARY}::{fake.__name__}", fake)
+    _register_compile_path_fakes()
+
+
+def _register_compile_path_fakes() -> None:
+    """The ``.state`` overloads that compiled graphs call (csrc/front_door.cpp): outputs
+    in the input's layout (channels_last stays channels_last), as the real kernels'."""
+    from fastnoise._ops import _empty_like as like_input
+
+    def like(t: torch.Tensor) -> torch.Tensor:
+        return torch.empty_like(t, memory_format=torch.contiguous_format)
+
+    fakes = {
+        "inject_noise.state": lambda x, sigma, rng_state: like_input(x),
+        "noise_backward_sigma.state": lambda grad_y, sigma, rng_state: like(sigma),
+        "pnil.state": lambda x, weight, bias, rng_state: like_input(x),
+        "pnil_backward.state": lambda grad_y, x, weight, bias, rng_state: (
+            like_input(x),
+            like(weight),
+            like(bias),
+        ),
+        "pgd_step.state": lambda x_adv, grad, x_orig, bounds: like(x_adv),
+        "random_start.state": lambda x, rng_state, bounds, project: like(x),
+    }
+    for name, fake in fakes.items():
+        torch.library.register_fake(f"{LIBRARY}::{name}", fake)
 
 
 def load() -> object:

@@ -9,6 +9,7 @@ nothing activation-sized is stored for it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -48,14 +49,42 @@ def _front_door(x: object, seed: object, offset: object):
     return front_door(x.device)
 
 
-def _as_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+def _compiled_door(x: torch.Tensor):
+    """Under torch.compile, the extension's ``.state`` ops when its backend runs ``x``'s
+    device: the compiled graph then calls C++ with no Python in between. Else None (the
+    custom ops of :mod:`fastnoise._ops`, which pick the backend at run time). The choice
+    is made when the graph is traced: a later set_backend does not change a graph."""
+    if not torch.compiler.is_compiling() or not _extension_runs(x.device):
+        return None
+    ops = torch.ops.fastnoise_C
+    return _CompiledOps(
+        ops.inject_noise.state, ops.pnil.state, ops.pgd_step.state, ops.random_start.state
+    )
+
+
+class _CompiledOps(NamedTuple):
+    compiled_inject_noise: object
+    compiled_pnil: object
+    compiled_pgd_step: object
+    compiled_random_start: object
+
+
+@torch.compiler.assume_constant_result
+def _extension_runs(device: torch.device) -> bool:
+    """Whether the extension runs ``device`` under the current choice; evaluated by
+    dynamo at trace time (the lookup may load the extension, which it cannot trace)."""
+    return front_door(device) is not None
+
+
+def _as_sigma(sigma: torch.Tensor | float, x: torch.Tensor, check_values=True) -> torch.Tensor:
     if not isinstance(sigma, torch.Tensor):
         v.check_non_negative_number("sigma", sigma)
         return torch.tensor(float(sigma), device=x.device, dtype=torch.float32)
     v.check_tensor("sigma", sigma)
     v.check_same_device("sigma", sigma, "x", x)
     v.check_per_feature("sigma", sigma, "x", x)
-    v.check_non_negative_tensor("sigma", sigma)
+    if check_values:
+        v.check_non_negative_tensor("sigma", sigma)
     return sigma
 
 
@@ -81,14 +110,18 @@ def inject_noise(
         except RuntimeError:  # e.g. a str sigma, an int64 overflow: name the argument
             _checked_inject_args(x, sigma, seed, offset)
             raise
-    sigma = _checked_inject_args(x, sigma, seed, offset)
-    return _ops.noise_injection(x, sigma, _ops.make_rng_state(seed, offset))
+    compiled = _compiled_door(x)  # the C++ op checks sigma >= 0 itself
+    sigma = _checked_inject_args(x, sigma, seed, offset, check_values=compiled is None)
+    state = _ops.make_rng_state(seed, offset)
+    if compiled is not None:
+        return compiled.compiled_inject_noise(x, sigma, state)
+    return _ops.noise_injection(x, sigma, state)
 
 
-def _checked_inject_args(x, sigma, seed, offset) -> torch.Tensor:
+def _checked_inject_args(x, sigma, seed, offset, check_values=True) -> torch.Tensor:
     v.check_tensor("x", x)
     v.check_batched("x", x)
-    sigma = _as_sigma(sigma, x)
+    sigma = _as_sigma(sigma, x, check_values)
     _check_seed_offset(seed, offset)
     return sigma
 
@@ -112,7 +145,11 @@ def pnil(
             _check_pnil_args(x, weight, bias, seed, offset)
             raise
     _check_pnil_args(x, weight, bias, seed, offset)
-    return _ops.pnil(x, weight, bias, _ops.make_rng_state(seed, offset))
+    state = _ops.make_rng_state(seed, offset)
+    compiled = _compiled_door(x)
+    if compiled is not None:
+        return compiled.compiled_pnil(x, weight, bias, state)
+    return _ops.pnil(x, weight, bias, state)
 
 
 def _check_pnil_args(x, weight, bias, seed, offset) -> None:
@@ -144,11 +181,17 @@ def pgd_step(
     step_size = v.check_non_negative_number("step_size", step_size)
     eps = v.check_non_negative_number("eps", eps)
     lo, hi = v.check_clip("clip", clip)
-    door = None if torch.compiler.is_compiling() else front_door(x_adv.device)
-    if door is not None:  # it records no graph: no torch.no_grad() needed
-        return door.pgd_step(x_adv, grad, x_orig, step_size, eps, lo, hi)
+    # The extension's ops record no graph: no torch.no_grad() needed around them.
+    if not torch.compiler.is_compiling():
+        door = front_door(x_adv.device)
+        if door is not None:
+            return door.pgd_step(x_adv, grad, x_orig, step_size, eps, lo, hi)
+    bounds = _ops.make_bounds(step_size, eps, lo, hi)
+    compiled = _compiled_door(x_adv)
+    if compiled is not None:
+        return compiled.compiled_pgd_step(x_adv, grad, x_orig, bounds)
     with torch.no_grad():
-        return _ops.pgd_step(x_adv, grad, x_orig, _ops.make_bounds(step_size, eps, lo, hi))
+        return _ops.pgd_step(x_adv, grad, x_orig, bounds)
 
 
 def random_start(
@@ -173,5 +216,9 @@ def random_start(
             raise
     _check_seed_offset(seed, offset)
     bounds = _ops.make_bounds(0.0, eps, lo, hi)
+    state = _ops.make_rng_state(seed, offset)
+    compiled = _compiled_door(x)
+    if compiled is not None:
+        return compiled.compiled_random_start(x, state, bounds, bool(project))
     with torch.no_grad():
-        return _ops.random_start(x, _ops.make_rng_state(seed, offset), bounds, bool(project))
+        return _ops.random_start(x, state, bounds, bool(project))

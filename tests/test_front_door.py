@@ -221,3 +221,64 @@ def test_backend_resolved_once_per_device_and_cleared_by_set_backend(monkeypatch
     assert calls == [1]
     F.inject_noise(x, sigma, seed=1)  # ...and leaving the block brings the old one back
     assert calls == [1]
+
+
+# -- torch.compile: the graph calls the extension's .state ops, with no Python between --
+
+
+def _graph_code(fn, *args) -> str:
+    codes = []
+
+    def backend(gm, example_inputs):
+        codes.append(gm.code)
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(fn, backend=backend, fullgraph=True)(*args)
+    return "\n".join(codes)
+
+
+def test_compiled_graph_calls_the_extension_or_the_custom_ops_of_the_backend_in_force():
+    x, sigma = torch.rand(2, 3, 4), torch.full((3, 1), 0.2)
+
+    def step(x, sigma):
+        y = F.pnil(F.inject_noise(x, sigma), sigma, sigma)
+        return F.pgd_step(F.random_start(x, 0.1), y, x, 0.01, 0.1)
+
+    code = _graph_code(step, x, sigma)
+    for op in ("inject_noise.state", "pnil.state", "random_start.state", "pgd_step.state"):
+        assert f"fastnoise_C.{op}" in code
+    assert "torch.ops.fastnoise." not in code
+    with use_backend("torch"):  # not the extension: the custom ops pick it at run time
+        code = _graph_code(step, x, sigma)
+    assert "fastnoise_C" not in code and "fastnoise.noise_injection" in code
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_compiled_matches_eager_forward_and_backward(layout, seed_offset):
+    """Values and gradients of the compiled graph (the .state ops and their C++ autograd)
+    equal eager's, for both layouts and for seeds past 2**32."""
+    seed, offset = seed_offset
+    x = _layout(torch.rand(3, 4, 5, 6), layout)
+    sigma, weight, bias = (
+        torch.rand(4, 1, 1) + 0.1,
+        torch.randn(4, 5, 6) * 0.3,
+        torch.zeros(4, 5, 6),
+    )
+
+    def step(x, sigma, weight, bias):
+        y = F.inject_noise(x, sigma, seed=seed, offset=offset)
+        y = F.pnil(y, weight, bias, seed=seed + 1, offset=offset)
+        start = F.random_start(x.detach(), 0.1, seed=seed, offset=offset)
+        return y, F.pgd_step(start, y.detach(), x.detach(), 0.02, 0.1)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True)
+    results = []
+    for fn in (step, compiled):
+        leaves = [t.detach().clone().requires_grad_() for t in (x, sigma, weight, bias)]
+        y, stepped = fn(*leaves)
+        (y * torch.linspace(0, 1, y.numel()).reshape(y.shape)).sum().backward()
+        results.append([y.detach(), stepped, *(leaf.grad for leaf in leaves)])
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
