@@ -7,10 +7,11 @@ import contextlib
 
 import pytest
 import torch
-from conftest import RESNET20_SHAPES, cases, saved_bytes
 from eager import eager_inject_noise
 
 import fastnoise
+
+from conftest import RESNET20_SHAPES, cases, saved_bytes
 
 
 def _setup(shape, device):

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import RESNET20_SHAPES, cases
 from eager import eager_pgd_step
 
 import fastnoise
+
+from conftest import RESNET20_SHAPES, cases
 
 
 @pytest.mark.parametrize("shape", RESNET20_SHAPES, ids=str)
