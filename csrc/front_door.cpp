@@ -12,6 +12,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/_assert_async.h>
 #include <ATen/ops/all.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -278,6 +279,8 @@ TORCH_LIBRARY_FRAGMENT(fastnoise_C, m) {
       " float clip_max, bool project) -> Tensor");
   // The torch.compile path: rng_state = [seed, offset] (int64) and bounds = [step_size,
   // eps, clip_min, clip_max] (float64) are CPU tensors, graph inputs rather than constants.
+  // Tagged so inductor neither constant-folds nor deduplicates the draw.
+  m.def("fresh_rng_state(Tensor x, int offset) -> Tensor", {at::Tag::nondeterministic_seeded});
   m.def("inject_noise.state(Tensor x, Tensor sigma, Tensor rng_state) -> Tensor");
   m.def("noise_backward_sigma.state(Tensor grad_y, Tensor sigma, Tensor rng_state) -> Tensor");
   m.def("pnil.state(Tensor x, Tensor weight, Tensor bias, Tensor rng_state) -> Tensor");
@@ -354,6 +357,17 @@ Bounds unpack_bounds(const Tensor& bounds) {
 template <typename Signature>
 c10::TypedOperatorHandle<Signature> overload(const char* name, const char* overload_name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, overload_name).typed<Signature>();
+}
+
+// A fresh [seed, offset] for a compiled graph, drawn as seed=None draws it: one C++ call
+// instead of a traced torch.randint plus a cat. x only routes the dispatch (fake tensors
+// under tracing reach the fake kernel); the state is always on the CPU.
+Tensor fresh_rng_state(const Tensor& x, int64_t offset) {
+  const int64_t seed = seed_or_draw(std::nullopt, offset);
+  Tensor state = at::empty({2}, at::TensorOptions().dtype(at::kLong));
+  state.mutable_data_ptr<int64_t>()[0] = seed;
+  state.mutable_data_ptr<int64_t>()[1] = offset;
+  return state;
 }
 
 Tensor inject_noise_state_plain(const Tensor& x, const Tensor& sigma, const Tensor& rng_state) {
@@ -493,6 +507,7 @@ TORCH_LIBRARY_IMPL(fastnoise_C, CompositeExplicitAutograd, m) {
   m.impl("inject_noise.scalar", &fastnoise::front::inject_noise_scalar_plain);
   m.impl("pnil", &fastnoise::front::pnil_plain);
   m.impl("random_start.draw", &fastnoise::front::random_start_draw);
+  m.impl("fresh_rng_state", &fastnoise::front::fresh_rng_state);
   m.impl("inject_noise.state", &fastnoise::front::inject_noise_state_plain);
   m.impl("noise_backward_sigma.state", &fastnoise::front::noise_backward_sigma_state);
   m.impl("pnil.state", &fastnoise::front::pnil_state_plain);

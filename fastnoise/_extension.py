@@ -253,6 +253,7 @@ def _register_compile_path_fakes() -> None:
         return torch.empty_like(t, memory_format=torch.contiguous_format)
 
     fakes = {
+        "fresh_rng_state": lambda x, offset: torch.empty(2, dtype=torch.int64),
         "inject_noise.state": lambda x, sigma, rng_state: like_input(x),
         "noise_backward_sigma.state": lambda grad_y, sigma, rng_state: like(sigma),
         "pnil.state": lambda x, weight, bias, rng_state: like_input(x),

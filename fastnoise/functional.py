@@ -58,7 +58,11 @@ def _compiled_door(x: torch.Tensor):
         return None
     ops = torch.ops.fastnoise_C
     return _CompiledOps(
-        ops.inject_noise.state, ops.pnil.state, ops.pgd_step.state, ops.random_start.state
+        ops.inject_noise.state,
+        ops.pnil.state,
+        ops.pgd_step.state,
+        ops.random_start.state,
+        ops.fresh_rng_state.default,
     )
 
 
@@ -67,6 +71,13 @@ class _CompiledOps(NamedTuple):
     compiled_pnil: object
     compiled_pgd_step: object
     compiled_random_start: object
+    fresh_rng_state: object
+
+    def rng_state(self, x: torch.Tensor, seed, offset: int) -> torch.Tensor:
+        """seed=None: a fresh seed drawn in C++ at run time, as the eager path draws it."""
+        if seed is None:
+            return self.fresh_rng_state(x, offset)
+        return _ops.make_rng_state(seed, offset)
 
 
 @torch.compiler.assume_constant_result
@@ -112,10 +123,9 @@ def inject_noise(
             raise
     compiled = _compiled_door(x)  # the C++ op checks sigma >= 0 itself
     sigma = _checked_inject_args(x, sigma, seed, offset, check_values=compiled is None)
-    state = _ops.make_rng_state(seed, offset)
     if compiled is not None:
-        return compiled.compiled_inject_noise(x, sigma, state)
-    return _ops.noise_injection(x, sigma, state)
+        return compiled.compiled_inject_noise(x, sigma, compiled.rng_state(x, seed, offset))
+    return _ops.noise_injection(x, sigma, _ops.make_rng_state(seed, offset))
 
 
 def _checked_inject_args(x, sigma, seed, offset, check_values=True) -> torch.Tensor:
@@ -145,11 +155,10 @@ def pnil(
             _check_pnil_args(x, weight, bias, seed, offset)
             raise
     _check_pnil_args(x, weight, bias, seed, offset)
-    state = _ops.make_rng_state(seed, offset)
     compiled = _compiled_door(x)
     if compiled is not None:
-        return compiled.compiled_pnil(x, weight, bias, state)
-    return _ops.pnil(x, weight, bias, state)
+        return compiled.compiled_pnil(x, weight, bias, compiled.rng_state(x, seed, offset))
+    return _ops.pnil(x, weight, bias, _ops.make_rng_state(seed, offset))
 
 
 def _check_pnil_args(x, weight, bias, seed, offset) -> None:
@@ -216,9 +225,9 @@ def random_start(
             raise
     _check_seed_offset(seed, offset)
     bounds = _ops.make_bounds(0.0, eps, lo, hi)
-    state = _ops.make_rng_state(seed, offset)
     compiled = _compiled_door(x)
     if compiled is not None:
+        state = compiled.rng_state(x, seed, offset)
         return compiled.compiled_random_start(x, state, bounds, bool(project))
     with torch.no_grad():
-        return _ops.random_start(x, state, bounds, bool(project))
+        return _ops.random_start(x, _ops.make_rng_state(seed, offset), bounds, bool(project))

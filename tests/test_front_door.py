@@ -282,3 +282,24 @@ def test_compiled_matches_eager_forward_and_backward(layout, seed_offset):
         results.append([y.detach(), stepped, *(leaf.grad for leaf in leaves)])
     for got, want in zip(results[1], results[0], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_seed_none_draws_what_eager_draws():
+    """The graph's fresh_rng_state draws in C++ as eager seed=None does: after the same
+    torch.manual_seed, compiled and eager calls give the same noise, and a second call
+    gives new noise (inductor must not fold or reuse the draw)."""
+    x, sigma = torch.rand(3, 4, 5), torch.full((4, 1), 0.3)
+
+    def draw(x, sigma):
+        return F.inject_noise(x, sigma), F.random_start(x, 0.1)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(draw, fullgraph=True)
+    torch.manual_seed(5)
+    eager = draw(x, sigma), draw(x, sigma)
+    torch.manual_seed(5)
+    got = compiled(x, sigma), compiled(x, sigma)
+    for pair_got, pair_eager in zip(got, eager, strict=True):
+        for a, b in zip(pair_got, pair_eager, strict=True):
+            assert torch.equal(a, b)
+    assert not torch.equal(got[0][0], got[1][0])
