@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -13,12 +14,17 @@ import triton.language as tl
 # Elementwise kernels: 1024 elements (256 Philox counters) per program, 4 warps.
 GPU_BLOCK = 1024
 GPU_NUM_WARPS = 4
-# Reductions over the batch: 1024 features per program, about 4 programs per SM.
+# Reductions over the batch: up to 1024 features per program, about 4 programs per SM.
 GPU_BLOCK_F = 1024
+MIN_BLOCK_F = 16
+ELEMENTS_PER_THREAD = 4  # one 128-bit fp32 access per thread at least
 PROGRAMS_PER_SM = 4
 MIN_ROWS_PER_PROGRAM = 8  # keeps the fp32 partial sums at most 1/8 of the activation
 # The interpreter runs each program as numpy code: few, large programs are fastest.
 INTERPRETER_MAX_BLOCK = 1 << 16
+# The kernels index within a sample in int32 up to features + BLOCK - 1 (see indexing.py).
+MAX_BLOCK = max(GPU_BLOCK, GPU_BLOCK_F, INTERPRETER_MAX_BLOCK)
+MAX_FEATURES = 2**31 - MAX_BLOCK
 
 _COMPUTE_DTYPES = {torch.float64: tl.float64}
 
@@ -48,16 +54,27 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def reduction_grid(rows: int, features: int, device: torch.device) -> tuple[int, int, int]:
-    """(BLOCK_F, row chunks, rows per chunk) for the batch reductions of the backward.
+class ReductionGrid(NamedTuple):
+    block_f: int
+    chunks: int
+    rows_per_chunk: int
+    num_warps: int
+
+
+def reduction_grid(rows: int, features: int, device: torch.device) -> ReductionGrid:
+    """(BLOCK_F, row chunks, rows per chunk, warps) for the batch reductions of the backward.
 
     Enough programs to fill the GPU, but each one loops over several rows so the partial
     buffer (row chunks x features, fp32) stays much smaller than the activation.
     """
-    if interpreting() or device.type != "cuda":
-        block_f = max(16, min(INTERPRETER_MAX_BLOCK, triton.next_power_of_2(features)))
-        return block_f, 1, rows
-    block_f = GPU_BLOCK_F
+    if interpreting():
+        block_f = max(MIN_BLOCK_F, min(INTERPRETER_MAX_BLOCK, triton.next_power_of_2(features)))
+        return ReductionGrid(block_f, 1, rows, GPU_NUM_WARPS)
+    # Below 1024 features a block of next_power_of_2(F) covers the row: no Philox work for
+    # masked-off features. Row chunking is unchanged (one feature block either way), so the
+    # partial sums, and the result, are bit-identical to BLOCK_F = 1024.
+    block_f = max(MIN_BLOCK_F, min(GPU_BLOCK_F, triton.next_power_of_2(features)))
+    warps = max(1, min(GPU_NUM_WARPS, block_f // (32 * ELEMENTS_PER_THREAD)))
     feature_blocks = triton.cdiv(features, block_f)
     target = PROGRAMS_PER_SM * _sm_count(device.index or 0)
     chunks = max(
@@ -65,7 +82,7 @@ def reduction_grid(rows: int, features: int, device: torch.device) -> tuple[int,
     )
     # A power of two: rows per program is a kernel constant, so few variants get compiled.
     rows_per_chunk = triton.next_power_of_2(triton.cdiv(rows, chunks))
-    return block_f, triton.cdiv(rows, rows_per_chunk), rows_per_chunk
+    return ReductionGrid(block_f, triton.cdiv(rows, rows_per_chunk), rows_per_chunk, warps)
 
 
 def split_seed(seed: int) -> tuple[int, int]:

@@ -108,7 +108,14 @@ def normal_at(seed_lo, seed_hi, offset, index):
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset"])
-def random_words_kernel(out_ptr, numel, seed_lo, seed_hi, offset, BLOCK: tl.constexpr):
+def random_words_kernel(
+    out_ptr,
+    numel,
+    seed_lo: tl.uint32,
+    seed_hi: tl.uint32,
+    offset: tl.int64,
+    BLOCK: tl.constexpr,
+):
     """The raw uint32 words of elements 0 .. numel-1 (as int64): checks the spec bit for bit."""
     pid = tl.program_id(0).to(tl.int64)
     counters = pid * (BLOCK // 4) + tl.arange(0, BLOCK // 4)

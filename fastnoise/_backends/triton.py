@@ -12,6 +12,7 @@ format); any other strides are first copied to contiguous.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 
@@ -62,14 +63,39 @@ def random_words(numel: int, seed: int, offset: int, device: torch.device) -> to
         return out
     block = launch.elementwise_block(numel)
     seed_lo, seed_hi = launch.split_seed(seed)
-    philox.random_words_kernel[(math.ceil(numel / block),)](
-        out, numel, seed_lo, seed_hi, offset, BLOCK=block
-    )
+    _launch(
+        philox.random_words_kernel, (math.ceil(numel / block),), out.device,
+        out, numel, seed_lo, seed_hi, offset, BLOCK=block,
+    )  # fmt: skip
     return out
 
 
+def _device_guard(device: torch.device):
+    """Triton launches on the current CUDA device: make it ``device`` for the launch.
+
+    Entered only when it differs, so the common single-GPU call pays one cheap query.
+    """
+    if device.type != "cuda" or device.index is None:
+        return contextlib.nullcontext()
+    if device.index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(device.index)
+
+
+def _launch(kernel, grid, device: torch.device, *args, **kwargs) -> None:
+    """``kernel[grid](*args, **kwargs)`` on ``device`` (the tensors' device)."""
+    with _device_guard(device):
+        kernel[grid](*args, **kwargs)
+
+
 def _per_feature(param: torch.Tensor, sample_shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
-    """A per-feature parameter broadcast to one whole sample: F contiguous values (tiny)."""
+    """A per-feature parameter as F contiguous values of ``dtype`` (one sample, tiny).
+
+    A parameter that is already that (the common per-feature layer parameter) is passed
+    as it is; a broadcast one (per channel, scalar) is expanded to F values.
+    """
+    if param.dtype == dtype and param.shape == sample_shape and param.is_contiguous():
+        return param.view(-1)
     return param.to(dtype).broadcast_to(sample_shape).contiguous().view(-1)
 
 
@@ -97,10 +123,16 @@ def _in_layout(x: torch.Tensor, *others: torch.Tensor) -> tuple[list[torch.Tenso
     return [t.contiguous() for t in (x, *others)], dict(hw=1, channels=1, CHANNELS_LAST=False)
 
 
-def _rows_features(x: torch.Tensor) -> tuple[int, int]:
+def _rows_features(x: torch.Tensor, name: str = "x") -> tuple[int, int]:
+    from fastnoise.kernels.launch import MAX_FEATURES
+
     rows, features = x.shape[0], math.prod(x.shape[1:])
-    if features >= 2**31:  # kernels index within a sample in int32
-        raise ValueError(f"x must have fewer than 2**31 elements per sample, got {features}")
+    if features > MAX_FEATURES:  # kernels index within a sample in int32, up to F + BLOCK - 1
+        raise ValueError(
+            f"{name} must have at most 2**31 - {2**31 - MAX_FEATURES} = {MAX_FEATURES} elements "
+            f"per sample (the product of all but the first dimension) for the triton "
+            f"backend, got {features} for shape {tuple(x.shape)}"
+        )
     return rows, features
 
 
@@ -116,7 +148,8 @@ def noise_forward(x: torch.Tensor, sigma: torch.Tensor, seed: int, offset: int) 
     block = launch.elementwise_block(x.numel())
     seed_lo, seed_hi = launch.split_seed(seed)
     grid = (math.ceil(x.numel() / block),)
-    noise_injection.noise_forward_kernel[grid](
+    _launch(
+        noise_injection.noise_forward_kernel, grid, x.device,
         x, sigma_f, y, x.numel(), features, layout["hw"], layout["channels"],
         seed_lo, seed_hi, offset, CHANNELS_LAST=layout["CHANNELS_LAST"],
         COMPUTE_DTYPE=launch.compute_dtype(x.dtype), BLOCK=block, num_warps=launch.num_warps(),
@@ -130,19 +163,21 @@ def noise_backward_sigma(
     """d loss / d sigma = sum_n grad_y * z, z regenerated in-kernel (Eq. (4)-(5))."""
     launch, noise_injection, _, _ = _kernels()
     (grad_y,), layout = _in_layout(grad_y)
-    rows, features = _rows_features(grad_y)
+    rows, features = _rows_features(grad_y, "grad_y")
     acc_dtype = _compute_torch_dtype(grad_y.dtype)
     if grad_y.numel() == 0:
         return torch.zeros_like(sigma)
-    block_f, chunks, rows_per_chunk = launch.reduction_grid(rows, features, grad_y.device)
-    partial = torch.empty((chunks, features), dtype=acc_dtype, device=grad_y.device)
+    reduction = launch.reduction_grid(rows, features, grad_y.device)
+    partial = torch.empty((reduction.chunks, features), dtype=acc_dtype, device=grad_y.device)
     seed_lo, seed_hi = launch.split_seed(seed)
-    grid = (math.ceil(features / block_f), chunks)
-    noise_injection.noise_backward_sigma_kernel[grid](
+    grid = (math.ceil(features / reduction.block_f), reduction.chunks)
+    _launch(
+        noise_injection.noise_backward_sigma_kernel, grid, grad_y.device,
         grad_y, partial, rows, features, layout["hw"], layout["channels"],
-        seed_lo, seed_hi, offset, ROWS_PER_PROGRAM=rows_per_chunk, ROWS_ALIGNED=features % 4 == 0,
-        CHANNELS_LAST=layout["CHANNELS_LAST"], COMPUTE_DTYPE=launch.compute_dtype(grad_y.dtype),
-        BLOCK_F=block_f, num_warps=launch.num_warps(),
+        seed_lo, seed_hi, offset, ROWS_PER_PROGRAM=reduction.rows_per_chunk,
+        ROWS_ALIGNED=features % 4 == 0, CHANNELS_LAST=layout["CHANNELS_LAST"],
+        COMPUTE_DTYPE=launch.compute_dtype(grad_y.dtype), BLOCK_F=reduction.block_f,
+        num_warps=reduction.num_warps,
     )  # fmt: skip
     full = partial.sum(dim=0).view(1, *grad_y.shape[1:])
     return _sum_to_feature_shape(full, sigma.shape).to(sigma.dtype)
@@ -164,7 +199,8 @@ def pnil_forward(
     block = launch.elementwise_block(x.numel())
     seed_lo, seed_hi = launch.split_seed(seed)
     grid = (math.ceil(x.numel() / block),)
-    pnil.pnil_forward_kernel[grid](
+    _launch(
+        pnil.pnil_forward_kernel, grid, x.device,
         x, weight_f, bias_f, y, x.numel(), features, layout["hw"], layout["channels"],
         seed_lo, seed_hi, offset, CHANNELS_LAST=layout["CHANNELS_LAST"],
         COMPUTE_DTYPE=launch.compute_dtype(x.dtype), BLOCK=block, num_warps=launch.num_warps(),
@@ -190,17 +226,19 @@ def pnil_backward(
     compute = _compute_torch_dtype(x.dtype)
     weight_f = _per_feature(weight, x.shape[1:], compute)
     bias_f = _per_feature(bias, x.shape[1:], compute)
-    block_f, chunks, rows_per_chunk = launch.reduction_grid(rows, features, x.device)
-    partial_w = torch.empty((chunks, features), dtype=compute, device=x.device)
+    reduction = launch.reduction_grid(rows, features, x.device)
+    partial_w = torch.empty((reduction.chunks, features), dtype=compute, device=x.device)
     partial_b = torch.empty_like(partial_w)
     seed_lo, seed_hi = launch.split_seed(seed)
-    grid = (math.ceil(features / block_f), chunks)
-    pnil.pnil_backward_kernel[grid](
+    grid = (math.ceil(features / reduction.block_f), reduction.chunks)
+    _launch(
+        pnil.pnil_backward_kernel, grid, x.device,
         grad_y, x, weight_f, bias_f, grad_x, partial_w, partial_b,
         rows, features, layout["hw"], layout["channels"],
-        seed_lo, seed_hi, offset, ROWS_PER_PROGRAM=rows_per_chunk, ROWS_ALIGNED=features % 4 == 0,
-        CHANNELS_LAST=layout["CHANNELS_LAST"], COMPUTE_DTYPE=launch.compute_dtype(x.dtype),
-        BLOCK_F=block_f, num_warps=launch.num_warps(),
+        seed_lo, seed_hi, offset, ROWS_PER_PROGRAM=reduction.rows_per_chunk,
+        ROWS_ALIGNED=features % 4 == 0, CHANNELS_LAST=layout["CHANNELS_LAST"],
+        COMPUTE_DTYPE=launch.compute_dtype(x.dtype), BLOCK_F=reduction.block_f,
+        num_warps=reduction.num_warps,
     )  # fmt: skip
     sample = x.shape[1:]
     grad_w = _sum_to_feature_shape(partial_w.sum(dim=0).view(1, *sample), weight.shape)
@@ -225,8 +263,8 @@ def pgd_step(
         return out
     block = launch.elementwise_block(x_adv.numel())
     grid = (math.ceil(x_adv.numel() / block),)
-    attack_step.pgd_step_kernel[grid](
-        x_adv, grad, x_orig, out, x_adv.numel(),
+    _launch(
+        attack_step.pgd_step_kernel, grid, x_adv.device, x_adv, grad, x_orig, out, x_adv.numel(),
         float(step_size), float(eps), float(clip_min), float(clip_max),
         COMPUTE_DTYPE=launch.compute_dtype(x_adv.dtype), BLOCK=block,
         num_warps=launch.num_warps(),
@@ -249,11 +287,13 @@ def random_start(
     out = torch.empty_like(x)
     if x.numel() == 0:
         return out
+    _, features = _rows_features(x)
     block = launch.elementwise_block(x.numel())
     seed_lo, seed_hi = launch.split_seed(seed)
     grid = (math.ceil(x.numel() / block),)
-    attack_step.random_start_kernel[grid](
-        x, out, x.numel(), math.prod(x.shape[1:]), layout["hw"], layout["channels"],
+    _launch(
+        attack_step.random_start_kernel, grid, x.device,
+        x, out, x.numel(), features, layout["hw"], layout["channels"],
         float(eps), float(clip_min), float(clip_max), seed_lo, seed_hi, offset,
         PROJECT=bool(project), CHANNELS_LAST=layout["CHANNELS_LAST"],
         COMPUTE_DTYPE=launch.compute_dtype(x.dtype), BLOCK=block, num_warps=launch.num_warps(),
