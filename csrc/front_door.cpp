@@ -11,6 +11,8 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/_assert_async.h>
+#include <ATen/ops/abs.h>
+#include <ATen/ops/sgn.h>
 #include <ATen/ops/all.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
@@ -170,6 +172,34 @@ class NoiseInjection : public torch::autograd::Function<NoiseInjection> {
   }
 };
 
+// y = x + |sigma| * z: the same law as sigma * z (z is symmetric), for layers whose
+// learnable std may dip below 0 between an optimizer step and its clamp. One op instead
+// of sigma.abs() plus inject_noise: grad_sigma = sign(sigma) * sum grad_y * z.
+class NoiseInjectionAbs : public torch::autograd::Function<NoiseInjectionAbs> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& sigma, int64_t seed,
+                        int64_t offset) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    const Tensor magnitude = sigma.abs();
+    check_non_negative(magnitude, "sigma");  // only a NaN fails: say so, as inject_noise does
+    ctx->save_for_backward({sigma});
+    ctx->saved_data["seed"] = seed;
+    ctx->saved_data["offset"] = offset;
+    return in_layout_of(noise_forward(x, magnitude, seed, offset), x);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    Tensor grad_sigma;
+    if (ctx->needs_input_grad(1)) {
+      const Tensor sigma = ctx->get_saved_variables()[0];
+      grad_sigma = noise_backward_sigma(grads[0], sigma, ctx->saved_data["seed"].toInt(),
+                                        ctx->saved_data["offset"].toInt())
+                       .mul_(sigma.sgn());
+    }
+    return {grads[0], grad_sigma, Tensor(), Tensor()};
+  }
+};
+
 void check_inject(const Tensor& x, const Tensor& sigma) {
   check_input(x);
   check_param(sigma, "sigma", x);
@@ -180,6 +210,22 @@ Tensor inject_noise_autograd(const Tensor& x, const Tensor& sigma, std::optional
                              int64_t offset) {
   check_inject(x, sigma);
   return NoiseInjection::apply(x, sigma, seed_or_draw(seed, offset), offset);
+}
+
+Tensor inject_noise_abs_autograd(const Tensor& x, const Tensor& sigma,
+                                 std::optional<int64_t> seed, int64_t offset) {
+  check_input(x);
+  check_param(sigma, "sigma", x);
+  return NoiseInjectionAbs::apply(x, sigma, seed_or_draw(seed, offset), offset);
+}
+
+Tensor inject_noise_abs_plain(const Tensor& x, const Tensor& sigma, std::optional<int64_t> seed,
+                              int64_t offset) {
+  check_input(x);
+  check_param(sigma, "sigma", x);
+  const Tensor magnitude = sigma.abs();
+  check_non_negative(magnitude, "sigma");
+  return in_layout_of(noise_forward(x, magnitude, seed_or_draw(seed, offset), offset), x);
 }
 
 Tensor inject_noise_plain(const Tensor& x, const Tensor& sigma, std::optional<int64_t> seed,
@@ -267,29 +313,8 @@ Tensor pnil_plain(const Tensor& x, const Tensor& weight, const Tensor& bias,
 }  // namespace front
 }  // namespace fastnoise
 
-TORCH_LIBRARY_FRAGMENT(fastnoise_C, m) {
-  // Learn2Perturb Eq. (4)-(5) with checks, seed drawing and autograd in one call.
-  m.def("inject_noise(Tensor x, Tensor sigma, int? seed, int offset) -> Tensor");
-  m.def("inject_noise.scalar(Tensor x, float sigma, int? seed, int offset) -> Tensor");
-  // PNIL Eq. (2)-(3), likewise.
-  m.def("pnil(Tensor x, Tensor weight, Tensor bias, int? seed, int offset) -> Tensor");
-  // random_start that draws its seed when None; it records no graph.
-  m.def(
-      "random_start.draw(Tensor x, float eps, int? seed, int offset, float clip_min,"
-      " float clip_max, bool project) -> Tensor");
-  // The torch.compile path: rng_state = [seed, offset] (int64) and bounds = [step_size,
-  // eps, clip_min, clip_max] (float64) are CPU tensors, graph inputs rather than constants.
-  // Tagged so inductor neither constant-folds nor deduplicates the draw.
-  m.def("fresh_rng_state(Tensor x, int offset) -> Tensor", {at::Tag::nondeterministic_seeded});
-  m.def("inject_noise.state(Tensor x, Tensor sigma, Tensor rng_state) -> Tensor");
-  m.def("noise_backward_sigma.state(Tensor grad_y, Tensor sigma, Tensor rng_state) -> Tensor");
-  m.def("pnil.state(Tensor x, Tensor weight, Tensor bias, Tensor rng_state) -> Tensor");
-  m.def(
-      "pnil_backward.state(Tensor grad_y, Tensor x, Tensor weight, Tensor bias,"
-      " Tensor rng_state) -> (Tensor, Tensor, Tensor)");
-  m.def("pgd_step.state(Tensor x_adv, Tensor grad, Tensor x_orig, Tensor bounds) -> Tensor");
-  m.def("random_start.state(Tensor x, Tensor rng_state, Tensor bounds, bool project) -> Tensor");
-}
+// The schemas of these ops are in ops.cpp, with the others: one library definition
+// (a FRAGMENT here made the process abort at exit, deregistering the defs out of order).
 
 namespace fastnoise {
 namespace front {
@@ -497,6 +522,7 @@ TORCH_LIBRARY_IMPL(fastnoise_C, Autograd, m) {
   m.impl("random_start", &fastnoise::front::random_start_no_graph);
   m.impl("inject_noise", &fastnoise::front::inject_noise_autograd);
   m.impl("inject_noise.scalar", &fastnoise::front::inject_noise_scalar_autograd);
+  m.impl("inject_noise.abs", &fastnoise::front::inject_noise_abs_autograd);
   m.impl("pnil", &fastnoise::front::pnil_autograd);
 }
 
@@ -505,6 +531,7 @@ TORCH_LIBRARY_IMPL(fastnoise_C, Autograd, m) {
 TORCH_LIBRARY_IMPL(fastnoise_C, CompositeExplicitAutograd, m) {
   m.impl("inject_noise", &fastnoise::front::inject_noise_plain);
   m.impl("inject_noise.scalar", &fastnoise::front::inject_noise_scalar_plain);
+  m.impl("inject_noise.abs", &fastnoise::front::inject_noise_abs_plain);
   m.impl("pnil", &fastnoise::front::pnil_plain);
   m.impl("random_start.draw", &fastnoise::front::random_start_draw);
   m.impl("fresh_rng_state", &fastnoise::front::fresh_rng_state);

@@ -1,4 +1,5 @@
-// Schemas of the fastnoise_C operators: the primitives of fastnoise/_backends/reference.py.
+// Schemas of the fastnoise_C operators: the primitives of fastnoise/_backends/reference.py
+// and the public front door of front_door.cpp.
 // Implementations register per device in cpu/*.cpp and cuda/*.cu; fake (meta) kernels
 // are registered from Python in fastnoise/_extension.py. Seeds are int64 (the Philox key),
 // offsets int64 Philox counters (blocks of four elements).
@@ -8,7 +9,9 @@
 
 #include "cpu/random_tiles.h"
 
-TORCH_LIBRARY(fastnoise_C, m) {
+namespace {
+
+void define_ops(torch::Library& m) {
   // Learn2Perturb Eq. (4)-(5): y = x + sigma * z.
   m.def("noise_forward(Tensor x, Tensor sigma, int seed, int offset) -> Tensor");
   // d loss / d sigma = sum over batch and broadcast dims of grad_y * z (z regenerated).
@@ -28,6 +31,43 @@ TORCH_LIBRARY(fastnoise_C, m) {
       " bool project) -> Tensor");
   // The raw spec: Philox4x32-10 words (uint32 in int64) of each int64 counter, shape (M, 4).
   m.def("philox_words(Tensor counters, int seed) -> Tensor");
+  // ---- the public ops' front door (csrc/front_door.cpp) ----
+  // Learn2Perturb Eq. (4)-(5) with checks, seed drawing and autograd in one call.
+  m.def("inject_noise(Tensor x, Tensor sigma, int? seed, int offset) -> Tensor");
+  m.def("inject_noise.scalar(Tensor x, float sigma, int? seed, int offset) -> Tensor");
+  // x + |sigma| * z: PerturbationInjection's theta, which an optimizer step may push below 0.
+  m.def("inject_noise.abs(Tensor x, Tensor sigma, int? seed, int offset) -> Tensor");
+  // PNIL Eq. (2)-(3), likewise.
+  m.def("pnil(Tensor x, Tensor weight, Tensor bias, int? seed, int offset) -> Tensor");
+  // random_start that draws its seed when None; it records no graph.
+  m.def(
+      "random_start.draw(Tensor x, float eps, int? seed, int offset, float clip_min,"
+      " float clip_max, bool project) -> Tensor");
+  // The torch.compile path: rng_state = [seed, offset] (int64) and bounds = [step_size,
+  // eps, clip_min, clip_max] (float64) are CPU tensors, graph inputs rather than constants.
+  // Tagged so inductor neither constant-folds nor deduplicates the draw.
+  m.def("fresh_rng_state(Tensor x, int offset) -> Tensor", {at::Tag::nondeterministic_seeded});
+  m.def("inject_noise.state(Tensor x, Tensor sigma, Tensor rng_state) -> Tensor");
+  m.def("noise_backward_sigma.state(Tensor grad_y, Tensor sigma, Tensor rng_state) -> Tensor");
+  m.def("pnil.state(Tensor x, Tensor weight, Tensor bias, Tensor rng_state) -> Tensor");
+  m.def(
+      "pnil_backward.state(Tensor grad_y, Tensor x, Tensor weight, Tensor bias,"
+      " Tensor rng_state) -> (Tensor, Tensor, Tensor)");
+  m.def("pgd_step.state(Tensor x_adv, Tensor grad, Tensor x_orig, Tensor bounds) -> Tensor");
+  m.def("random_start.state(Tensor x, Tensor rng_state, Tensor bounds, bool project) -> Tensor");
   // Which CPU tile code runs here ("avx512", "avx2" or "generic"), for benchmark headers.
   m.def("cpu_isa() -> str", [] { return std::string(fastnoise::cpu::tile_isa()); });
 }
+
+// The schemas live as long as the process: a static TORCH_LIBRARY object would
+// deregister them in the exit handlers while other registrations on these ops still
+// exist (torch.library keeps Python's fake kernels alive forever), and with the front
+// door's overloads that aborted every process at exit ("Tried to access the schema").
+const bool kOpsDefined = [] {
+  auto* library =
+      new torch::Library(torch::Library::DEF, "fastnoise_C", std::nullopt, __FILE__, __LINE__);
+  define_ops(*library);
+  return true;
+}();
+
+}  // namespace

@@ -17,7 +17,7 @@ from fastnoise import _ops, rng
 from fastnoise import _validation as v
 from fastnoise._dispatch import front_door
 
-__all__ = ["inject_noise", "pnil", "pgd_step", "random_start"]
+__all__ = ["inject_noise", "inject_noise_abs", "pnil", "pgd_step", "random_start"]
 
 
 def _check_seed_offset(seed: int | torch.Tensor | None, offset: int) -> None:
@@ -126,6 +126,23 @@ def inject_noise(
     if compiled is not None:
         return compiled.compiled_inject_noise(x, sigma, compiled.rng_state(x, seed, offset))
     return _ops.noise_injection(x, sigma, _ops.make_rng_state(seed, offset))
+
+
+def inject_noise_abs(
+    x: torch.Tensor, sigma: torch.Tensor, seed: int | None = None, offset: int = 0
+) -> torch.Tensor:
+    """``inject_noise(x, sigma.abs(), seed, offset)`` in one fused call where the C++
+    extension runs ``x`` (gradient ``sign(sigma) * d/d|sigma|``): for layers whose
+    learnable std may dip below 0 between an optimizer step and its clamp."""
+    door = _front_door(x, seed, offset)
+    if door is not None and isinstance(sigma, torch.Tensor):
+        try:
+            return door.inject_noise_abs(x, sigma, seed, offset)
+        except RuntimeError:  # e.g. an int64 overflow: name the argument
+            _checked_inject_args(x, sigma, seed, offset, check_values=False)
+            raise
+    v.check_tensor("sigma", sigma)
+    return inject_noise(x, sigma.abs(), seed, offset)
 
 
 def _checked_inject_args(x, sigma, seed, offset, check_values=True) -> torch.Tensor:

@@ -303,3 +303,26 @@ def test_compiled_seed_none_draws_what_eager_draws():
         for a, b in zip(pair_got, pair_eager, strict=True):
             assert torch.equal(a, b)
     assert not torch.equal(got[0][0], got[1][0])
+
+
+def test_inject_noise_abs_is_inject_noise_of_abs(seed_offset):
+    """PerturbationInjection's fused |theta| (one op) against sigma.abs() + inject_noise:
+    same values, gradient sign(theta) * d/d|theta| (0 at 0, as abs' is), NaN refused."""
+    seed, offset = seed_offset
+    x = torch.rand(4, 3, 5)
+    theta = torch.tensor([[-0.3], [0.0], [0.4]]).expand(3, 5).contiguous()
+
+    def fused(x, t):
+        return F.inject_noise_abs(x, t, seed=seed, offset=offset)
+
+    def composed(x, t):
+        return F.inject_noise(x, t.abs(), seed=seed, offset=offset)
+
+    y, grads = _grads(fused, x, theta)
+    y_ref, grads_ref = _grads(composed, x, theta)
+    assert torch.equal(y, y_ref)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        assert torch.equal(g, g_ref)
+    assert (grads[1][1] == 0).all() and (grads[1][0] != 0).all()
+    with pytest.raises(ValueError, match="sigma must be non-negative and not NaN"):
+        F.inject_noise_abs(x, torch.full((3, 5), float("nan")), seed=1)

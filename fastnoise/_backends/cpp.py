@@ -61,6 +61,7 @@ def front_door() -> types.SimpleNamespace:
     return types.SimpleNamespace(
         inject_noise=bare(ops.inject_noise.default),
         inject_noise_scalar=bare(ops.inject_noise.scalar),
+        inject_noise_abs=bare(ops.inject_noise.abs),
         pnil=bare(ops.pnil.default),
         pgd_step=bare(ops.pgd_step.default),
         random_start=bare(ops.random_start.draw),

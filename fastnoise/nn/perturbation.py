@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fastnoise import _validation as v
-from fastnoise.functional import inject_noise
+from fastnoise.functional import inject_noise_abs
 from fastnoise.nn._shapes import as_sample_shape, check_sample_shape
 from fastnoise.nn.base import NoiseLayer
 
@@ -39,8 +39,8 @@ class PerturbationInjection(NoiseLayer):
         if not self.enabled:
             return x
         # theta * z and |theta| * z have the same law (z is symmetric); |theta| keeps
-        # inject_noise's sigma >= 0 between an optimizer step and clamp_().
-        return inject_noise(x, theta.abs())
+        # inject_noise's sigma >= 0 between an optimizer step and clamp_(). One fused op.
+        return inject_noise_abs(x, theta)
 
     @torch.no_grad()
     def clamp_(self) -> PerturbationInjection:
