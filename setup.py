@@ -55,7 +55,9 @@ def _extension_modules() -> dict:
     kind = CUDAExtension if with_cuda else CppExtension
     compile_args = {"cxx": rules.CPU_CFLAGS}
     if with_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", rules.DEFAULT_CUDA_ARCH)
+        # TORCH_CUDA_ARCH_LIST, else the common archs plus PTX (not only this machine's
+        # GPU): an installed build may run on any GPU.
+        os.environ["TORCH_CUDA_ARCH_LIST"] = rules.cuda_arch_list(ahead_of_time=True)
         compile_args["nvcc"] = rules.CUDA_CFLAGS
     extension = kind(
         "fastnoise._C", sources, extra_compile_args=compile_args, extra_link_args=rules.LDFLAGS

@@ -13,9 +13,11 @@ The just-in-time build compiles the CUDA sources when a GPU is visible, torch is
 build and nvcc is found (``CUDA_HOME`` or ``/usr/local/cuda``): on a CPU-only machine
 nvcc would only add minutes to the first call. ``FASTNOISE_BUILD_CUDA=0/1`` forces either
 way (CI sets 1 to prove the CUDA sources compile); the ahead-of-time build in setup.py
-compiles them whenever torch has CUDA and nvcc is found. The arch list is
-``TORCH_CUDA_ARCH_LIST`` when set, else the visible GPUs' capabilities, else ``9.0``
-(H100/H200), never torch's every-arch default, which would take many minutes to build.
+compiles them whenever torch has CUDA and nvcc is found. The arch list
+(:func:`cuda_arch_list`) is ``TORCH_CUDA_ARCH_LIST`` when set; else the ahead-of-time
+build targets the common GPUs plus PTX for later ones (``AOT_CUDA_ARCHS``), since it may
+run on any of them, and the just-in-time build the visible GPUs (``9.0``, H100/H200,
+when none is visible: then it only checks that the sources compile).
 
 A failed build does not raise at import: it warns once with the log path, and
 :func:`unavailable_reason` says why, so the reference backend keeps working.
@@ -41,10 +43,19 @@ __all__ = [
     "cpu_isa",
     "build_dir",
     "source_files",
+    "cuda_arch_list",
 ]
 
 LIBRARY = "fastnoise_C"
-DEFAULT_CUDA_ARCH = "9.0"
+# The ahead-of-time build's default: SASS for T4 (7.5), A100 (8.0), A10 and RTX 30 (8.6),
+# L4 and RTX 40 (8.9), H100/H200 (9.0), and compute_90 PTX that the driver compiles on
+# first use for later GPUs (Blackwell). nvcc 13 dropped every arch before 7.5; CUDA 11.8
+# and later know all five, so any toolkit that builds for torch 2.11+ accepts the list.
+AOT_CUDA_ARCHS = "7.5;8.0;8.6;8.9;9.0+PTX"
+# The just-in-time build with no GPU visible (FASTNOISE_BUILD_CUDA=1 as a compile check):
+# one arch keeps it quick; a GPU seen later changes the arch list, hence the build hash,
+# so that GPU gets its own build.
+JIT_CUDA_ARCH_WITHOUT_GPU = "9.0"
 # -fno-math-errno / -fno-trapping-math let the compiler vectorize sqrt and the branch-free
 # selects of the polynomials; neither permits reassociation, so results stay as written.
 CPU_CFLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
@@ -102,14 +113,21 @@ def _want_cuda() -> bool:
     return torch.version.cuda is not None and _cuda_home() is not None and torch.cuda.is_available()
 
 
-def _cuda_arch_list() -> str:
+def cuda_arch_list(ahead_of_time: bool = False) -> str:
+    """The ``TORCH_CUDA_ARCH_LIST`` a CUDA build compiles for: the variable when set;
+    else :data:`AOT_CUDA_ARCHS` for the ahead-of-time build (setup.py), which may be used
+    on any GPU; else, for the just-in-time build, the visible GPUs' capabilities, or
+    :data:`JIT_CUDA_ARCH_WITHOUT_GPU` when none is visible. Never torch's every-arch
+    default, which would take many minutes to build."""
     arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
     if arch:
         return arch
+    if ahead_of_time:
+        return AOT_CUDA_ARCHS
     if torch.cuda.is_available():
         caps = {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}
         return ";".join(f"{major}.{minor}" for major, minor in sorted(caps))
-    return DEFAULT_CUDA_ARCH
+    return JIT_CUDA_ARCH_WITHOUT_GPU
 
 
 def _build_hash(sources: list[Path], with_cuda: bool) -> str:
@@ -117,7 +135,7 @@ def _build_hash(sources: list[Path], with_cuda: bool) -> str:
     digest.update(torch.__version__.encode())
     digest.update(repr((CPU_CFLAGS, CUDA_CFLAGS, LDFLAGS, with_cuda)).encode())
     if with_cuda:
-        digest.update(_cuda_arch_list().encode())
+        digest.update(cuda_arch_list().encode())
     root = _csrc_dir()
     headers = sorted(root.glob("*.h")) + sorted(root.glob("*/*.h"))
     for path in sorted(set(sources) | set(headers)):
@@ -169,7 +187,7 @@ def _jit_build() -> str:
     directory.mkdir(parents=True, exist_ok=True)
     saved_arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
     if with_cuda:
-        os.environ["TORCH_CUDA_ARCH_LIST"] = _cuda_arch_list()
+        os.environ["TORCH_CUDA_ARCH_LIST"] = cuda_arch_list()
         # torch guesses the toolkit once at import (from nvcc on PATH, which may be a
         # wrapper script): point it at the one with headers.
         home = _cuda_home()

@@ -36,6 +36,8 @@ Storage storage_of(const at::Tensor& t) {
   }
 }
 
+void* data_or_null(at::Tensor& t) { return t.defined() ? t.mutable_data_ptr() : nullptr; }
+
 Launch current_launch() {
   int sm_count = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount,
@@ -68,9 +70,16 @@ at::Tensor noise_backward_sigma(const at::Tensor& grad_in, const at::Tensor& sig
   per_sample(sigma, grad, "sigma");  // validates sigma against one sample
   if (grad.numel() == 0) return at::zeros(sigma.sizes(), sigma.options());
   const int64_t features = feature_numel(grad);
-  at::Tensor sums = at::zeros({features}, grad.options().dtype(opmath_type(grad)));
+  // Per-chunk partial sums, then their sum in a fixed order: no atomics, so the same bits
+  // every run (use_deterministic_algorithms holds trivially).
+  const ReductionPlan plan = plan_reduction(grad.numel() / features, features);
+  const auto opmath = grad.options().dtype(opmath_type(grad));
+  at::Tensor sums = at::empty({features}, opmath);
+  at::Tensor partials =
+      plan.chunks > 1 ? at::empty({plan.chunks, features}, opmath) : at::Tensor();
   launch_noise_backward_sigma(current_launch(), storage_of(grad), grad.const_data_ptr(),
-                              sums.mutable_data_ptr(), grad.numel(), features, seed, offset);
+                              sums.mutable_data_ptr(), data_or_null(partials), plan, grad.numel(),
+                              features, seed, offset);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return reduce_to_param(sums, grad, sigma);
 }
@@ -111,11 +120,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pnil_backward(
             at::zeros(bias_in.sizes(), bias_in.options())};
   }
   const int64_t features = feature_numel(x);
-  at::Tensor sums = at::zeros({2, features}, x.options().dtype(opmath_type(x)));
+  const ReductionPlan plan = plan_reduction(x.numel() / features, features);
+  const auto opmath = x.options().dtype(opmath_type(x));
+  at::Tensor sums = at::empty({2, features}, opmath);  // grad_w sums, grad_b sums
+  at::Tensor partials =
+      plan.chunks > 1 ? at::empty({2, plan.chunks, features}, opmath) : at::Tensor();
   launch_pnil_backward(current_launch(), storage_of(x), grad.const_data_ptr(), x.const_data_ptr(),
                        weight.const_data_ptr(), bias.const_data_ptr(), grad_x.mutable_data_ptr(),
-                       sums[0].mutable_data_ptr(), sums[1].mutable_data_ptr(), x.numel(),
-                       features, seed, offset);
+                       sums.mutable_data_ptr(), data_or_null(partials), plan, x.numel(), features,
+                       seed, offset);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {grad_x, reduce_to_param(sums[0], x, weight_in), reduce_to_param(sums[1], x, bias_in)};
 }

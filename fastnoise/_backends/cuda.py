@@ -1,5 +1,6 @@
 """CUDA backend: the ``fastnoise_C`` extension's CUDA kernels (one thread per Philox
-counter, grid-stride, int64 indexing, fp32/fp64 atomics for parameter gradients).
+counter, grid-stride, int64 indexing; parameter gradients as per-block partial sums
+added in a fixed order, so bitwise reproducible, with no atomics).
 
 The primitives are those of :mod:`fastnoise._backends.cpp`: the extension's ops
 dispatch on the tensors' device, so the same Python functions run either kernel set.
