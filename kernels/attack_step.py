@@ -1,10 +1,16 @@
-"""Fused L-inf attack steps: the PGD iterate and the uniform random start, one pass each."""
+"""Fused L-inf attack steps: the PGD iterate and the uniform random start, one pass each.
+
+Elementwise kernels take ``TAIL`` (numel % BLOCK != 0): only then is the last program
+masked, in a branch of its own, so every other program's accesses carry no mask and
+compile to 128-bit loads and stores whatever numel is (a mask ``index < numel`` whose
+bound is not a multiple of 16 cannot be proven uniform over 4 lanes: scalar accesses).
+"""
 
 import triton
 import triton.language as tl
 
-from fastnoise.kernels.indexing import block_addresses
-from fastnoise.kernels.philox import uniform_tile
+from fastnoise.kernels.indexing import block_addresses, nhwc_tile
+from fastnoise.kernels.philox import uniform_rows, uniform_tile
 
 
 @triton.jit
@@ -13,6 +19,21 @@ def _clamp_keep_nan(x, lo, hi):
     # default) drops it and would turn a NaN input into a bound.
     x = tl.maximum(x, lo, propagate_nan=tl.PropagateNan.ALL)
     return tl.minimum(x, hi, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _pgd_step_block(
+    x_adv_ptr, grad_ptr, x_orig_ptr, out_ptr, index, mask, step_size, eps, clip_min, clip_max,
+    COMPUTE_DTYPE: tl.constexpr,
+):  # fmt: skip
+    x = tl.load(x_adv_ptr + index, mask=mask).to(COMPUTE_DTYPE)
+    grad = tl.load(grad_ptr + index, mask=mask).to(COMPUTE_DTYPE)
+    orig = tl.load(x_orig_ptr + index, mask=mask).to(COMPUTE_DTYPE)
+    sign = tl.where(grad > 0, 1.0, tl.where(grad < 0, -1.0, 0.0)).to(COMPUTE_DTYPE)
+    x = x + step_size * sign
+    x = _clamp_keep_nan(x, orig - eps, orig + eps)
+    x = _clamp_keep_nan(x, clip_min, clip_max)
+    tl.store(out_ptr + index, x.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -26,6 +47,7 @@ def pgd_step_kernel(
     eps,
     clip_min,
     clip_max,
+    TAIL: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -33,15 +55,42 @@ def pgd_step_kernel(
     # x' = clip_box(clip_{x0 +- eps}(x + step * sign(grad))): sign, step, both projections.
     pid = tl.program_id(0).to(tl.int64)
     index = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = index < numel
-    x = tl.load(x_adv_ptr + index, mask=mask).to(COMPUTE_DTYPE)
-    grad = tl.load(grad_ptr + index, mask=mask).to(COMPUTE_DTYPE)
-    orig = tl.load(x_orig_ptr + index, mask=mask).to(COMPUTE_DTYPE)
-    sign = tl.where(grad > 0, 1.0, tl.where(grad < 0, -1.0, 0.0)).to(COMPUTE_DTYPE)
-    x = x + step_size * sign
-    x = _clamp_keep_nan(x, orig - eps, orig + eps)
-    x = _clamp_keep_nan(x, clip_min, clip_max)
-    tl.store(out_ptr + index, x.to(out_ptr.dtype.element_ty), mask=mask)
+    if TAIL:
+        if pid * BLOCK + BLOCK > numel:
+            _pgd_step_block(
+                x_adv_ptr, grad_ptr, x_orig_ptr, out_ptr, index, index < numel,
+                step_size, eps, clip_min, clip_max, COMPUTE_DTYPE,
+            )  # fmt: skip
+        else:
+            _pgd_step_block(
+                x_adv_ptr, grad_ptr, x_orig_ptr, out_ptr, index, None,
+                step_size, eps, clip_min, clip_max, COMPUTE_DTYPE,
+            )  # fmt: skip
+    else:
+        _pgd_step_block(
+            x_adv_ptr, grad_ptr, x_orig_ptr, out_ptr, index, None,
+            step_size, eps, clip_min, clip_max, COMPUTE_DTYPE,
+        )  # fmt: skip
+
+
+@triton.jit
+def _random_start_block(
+    x_ptr, out_ptr, block_start, numel, features, hw, channels, eps, clip_min, clip_max,
+    seed_lo, seed_hi, offset,
+    MASKED: tl.constexpr, PROJECT: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+    COMPUTE_DTYPE: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    counters = block_start // 4 + tl.arange(0, BLOCK // 4)
+    lanes = tl.arange(0, 4)
+    local = tl.arange(0, BLOCK // 4)[:, None] * 4 + lanes[None, :]  # int32
+    mask = block_start + local < numel if MASKED else None
+    _, memory = block_addresses(block_start, local, features, hw, channels, CHANNELS_LAST)
+    u = uniform_tile(seed_lo, seed_hi, offset + counters, lanes)
+    x = tl.load(x_ptr + memory, mask=mask).to(COMPUTE_DTYPE)
+    x = x + eps * (2.0 * u - 1.0).to(COMPUTE_DTYPE)
+    if PROJECT:
+        x = _clamp_keep_nan(x, clip_min, clip_max)
+    tl.store(out_ptr + memory, x.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset"])
@@ -59,20 +108,60 @@ def random_start_kernel(
     seed_hi: tl.uint32,
     offset: tl.int64,
     PROJECT: tl.constexpr,
+    TAIL: tl.constexpr,
     CHANNELS_LAST: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     # x + eps * (2u - 1), u ~ U[0, 1] from the spec (PGD's start, RFGSM, NFGSM).
     block_start = tl.program_id(0).to(tl.int64) * BLOCK
-    counters = block_start // 4 + tl.arange(0, BLOCK // 4)
-    lanes = tl.arange(0, 4)
-    local = tl.arange(0, BLOCK // 4)[:, None] * 4 + lanes[None, :]  # int32
-    mask = block_start + local < numel
-    _, memory = block_addresses(block_start, local, features, hw, channels, CHANNELS_LAST)
-    u = uniform_tile(seed_lo, seed_hi, offset + counters, lanes)
-    x = tl.load(x_ptr + memory, mask=mask).to(COMPUTE_DTYPE)
-    x = x + eps * (2.0 * u - 1.0).to(COMPUTE_DTYPE)
+    if TAIL:
+        if block_start + BLOCK > numel:
+            _random_start_block(
+                x_ptr, out_ptr, block_start, numel, features, hw, channels, eps, clip_min,
+                clip_max, seed_lo, seed_hi, offset, True, PROJECT, CHANNELS_LAST,
+                COMPUTE_DTYPE, BLOCK,
+            )  # fmt: skip
+        else:
+            _random_start_block(
+                x_ptr, out_ptr, block_start, numel, features, hw, channels, eps, clip_min,
+                clip_max, seed_lo, seed_hi, offset, False, PROJECT, CHANNELS_LAST,
+                COMPUTE_DTYPE, BLOCK,
+            )  # fmt: skip
+    else:
+        _random_start_block(
+            x_ptr, out_ptr, block_start, numel, features, hw, channels, eps, clip_min,
+            clip_max, seed_lo, seed_hi, offset, False, PROJECT, CHANNELS_LAST,
+            COMPUTE_DTYPE, BLOCK,
+        )  # fmt: skip
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset"])
+def random_start_nhwc_kernel(
+    x_ptr,
+    out_ptr,
+    hw4,
+    channels4,
+    eps,
+    clip_min,
+    clip_max,
+    seed_lo: tl.uint32,
+    seed_hi: tl.uint32,
+    offset: tl.int64,
+    PROJECT: tl.constexpr,
+    COMPUTE_DTYPE: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    # channels_last tiles as fastnoise.kernels.noise_injection.noise_forward_nhwc_kernel.
+    hw, c, counters, sample = nhwc_tile(hw4, channels4, BLOCK_HW, BLOCK_C)
+    in_hw = hw < hw4 * 4
+    u = tl.trans(uniform_rows(seed_lo, seed_hi, offset + counters))
+    memory = sample + (hw[:, None] * (channels4 * 4) + c[None, :])
+    x = tl.load(x_ptr + memory, mask=in_hw[:, None]).to(COMPUTE_DTYPE)
+    # x + eps * (2u - 1) in the fmas of the contiguous kernel.
+    step = (2.0 * u - 1.0).to(COMPUTE_DTYPE)
+    x = tl.fma(step, tl.full(step.shape, eps, COMPUTE_DTYPE), x)  # eps: a float when interpreted
     if PROJECT:
         x = _clamp_keep_nan(x, clip_min, clip_max)
-    tl.store(out_ptr + memory, x.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + memory, x.to(out_ptr.dtype.element_ty), mask=in_hw[:, None])

@@ -37,3 +37,27 @@ def feature_offset(feature, hw, channels, CHANNELS_LAST: tl.constexpr):
         return (feature - c * hw) * channels + c
     else:
         return feature
+
+
+@triton.jit
+def nhwc_tile(hw4, channels4, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+    """One program's tile of a channels_last (N, C, H, W) tensor with H*W % 4 == C % 4 == 0.
+
+    Grid (N * cdiv(H*W, BLOCK_HW), C // BLOCK_C). ``hw4 = H*W // 4`` and ``channels4 =
+    C // 4`` are passed divided so the compiler knows both are multiples of 4: each pixel's
+    BLOCK_C channels are then 16-byte aligned (fp32) and move in vector accesses.
+    Returns ``hw`` (BLOCK_HW,), ``c`` (BLOCK_C,), the Philox counters of the logical tile
+    (BLOCK_C, BLOCK_HW // 4) relative to the call's offset (logical element (n, c, hw) is
+    n*C*HW + c*HW + hw, so hw .. hw + 3 share a counter) and the sample's first element
+    ``n * C * H * W`` (int64).
+    """
+    hw_blocks = (hw4 * 4 + BLOCK_HW - 1) // BLOCK_HW  # not tl.cdiv: see fastnoise.kernels
+    pid = tl.program_id(0)
+    n = (pid // hw_blocks).to(tl.int64)
+    hw_start = (pid - (pid // hw_blocks) * hw_blocks) * BLOCK_HW
+    hw = hw_start + tl.arange(0, BLOCK_HW)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    sample_counter = n * channels4 * hw4 * 4  # (n * C * H * W) // 4
+    quads = hw_start // 4 + tl.arange(0, BLOCK_HW // 4)
+    counters = sample_counter + (c[:, None] * hw4 + quads[None, :])
+    return hw, c, counters, sample_counter * 4

@@ -14,6 +14,8 @@ import triton.language as tl
 # Elementwise kernels: 1024 elements (256 Philox counters) per program, 4 warps.
 GPU_BLOCK = 1024
 GPU_NUM_WARPS = 4
+# channels_last tiles (noise kernels): at most 64 channels (256 bytes fp32) per pixel row.
+NHWC_MAX_BLOCK_C = 64
 # Reductions over the batch: up to 1024 features per program, about 4 programs per SM.
 GPU_BLOCK_F = 1024
 MIN_BLOCK_F = 16

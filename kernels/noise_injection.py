@@ -8,8 +8,29 @@ with z regenerated from (seed, offset), so nothing activation-sized is saved.
 import triton
 import triton.language as tl
 
-from fastnoise.kernels.indexing import block_addresses, feature_offset
-from fastnoise.kernels.philox import normal_at, normal_tile
+from fastnoise.kernels.indexing import block_addresses, feature_offset, nhwc_tile
+from fastnoise.kernels.philox import normal_at, normal_rows, normal_tile
+
+
+@triton.jit
+def _noise_forward_block(
+    x_ptr, sigma_ptr, y_ptr, block_start, numel, features, hw, channels,
+    seed_lo, seed_hi, offset,
+    MASKED: tl.constexpr, CHANNELS_LAST: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):  # fmt: skip
+    # BLOCK // 4 Philox counters x 4 lanes = BLOCK consecutive elements from block_start.
+    counters = block_start // 4 + tl.arange(0, BLOCK // 4)
+    lanes = tl.arange(0, 4)
+    local = tl.arange(0, BLOCK // 4)[:, None] * 4 + lanes[None, :]  # int32
+    mask = block_start + local < numel if MASKED else None
+    feature, memory = block_addresses(block_start, local, features, hw, channels, CHANNELS_LAST)
+    z = normal_tile(seed_lo, seed_hi, offset + counters, lanes)
+    # x and y share one layout; the noise follows the logical index either way.
+    x = tl.load(x_ptr + memory, mask=mask).to(COMPUTE_DTYPE)
+    sigma = tl.load(sigma_ptr + feature, mask=mask)
+    y = x + sigma * z.to(COMPUTE_DTYPE)
+    tl.store(y_ptr + memory, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset"])
@@ -24,23 +45,60 @@ def noise_forward_kernel(
     seed_lo: tl.uint32,
     seed_hi: tl.uint32,
     offset: tl.int64,
+    TAIL: tl.constexpr,
     CHANNELS_LAST: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    # Each program owns BLOCK // 4 Philox counters x 4 lanes = BLOCK consecutive elements.
+    # Only the last program is masked, and only when numel % BLOCK != 0 (TAIL): see
+    # fastnoise.kernels.attack_step.
     block_start = tl.program_id(0).to(tl.int64) * BLOCK
-    counters = block_start // 4 + tl.arange(0, BLOCK // 4)
-    lanes = tl.arange(0, 4)
-    local = tl.arange(0, BLOCK // 4)[:, None] * 4 + lanes[None, :]  # int32
-    mask = block_start + local < numel
-    feature, memory = block_addresses(block_start, local, features, hw, channels, CHANNELS_LAST)
-    z = normal_tile(seed_lo, seed_hi, offset + counters, lanes)
-    # x and y share one layout; the noise follows the logical index either way.
-    x = tl.load(x_ptr + memory, mask=mask).to(COMPUTE_DTYPE)
-    sigma = tl.load(sigma_ptr + feature, mask=mask)
-    y = x + sigma * z.to(COMPUTE_DTYPE)
-    tl.store(y_ptr + memory, y.to(y_ptr.dtype.element_ty), mask=mask)
+    if TAIL:
+        if block_start + BLOCK > numel:
+            _noise_forward_block(
+                x_ptr, sigma_ptr, y_ptr, block_start, numel, features, hw, channels,
+                seed_lo, seed_hi, offset, True, CHANNELS_LAST, COMPUTE_DTYPE, BLOCK,
+            )  # fmt: skip
+        else:
+            _noise_forward_block(
+                x_ptr, sigma_ptr, y_ptr, block_start, numel, features, hw, channels,
+                seed_lo, seed_hi, offset, False, CHANNELS_LAST, COMPUTE_DTYPE, BLOCK,
+            )  # fmt: skip
+    else:
+        _noise_forward_block(
+            x_ptr, sigma_ptr, y_ptr, block_start, numel, features, hw, channels,
+            seed_lo, seed_hi, offset, False, CHANNELS_LAST, COMPUTE_DTYPE, BLOCK,
+        )  # fmt: skip
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset"])
+def noise_forward_nhwc_kernel(
+    x_ptr,
+    sigma_ptr,
+    y_ptr,
+    hw4,
+    channels4,
+    seed_lo: tl.uint32,
+    seed_hi: tl.uint32,
+    offset: tl.int64,
+    COMPUTE_DTYPE: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    # channels_last with H*W % 4 == C % 4 == 0: z and sigma in a logical (c, hw) tile (4
+    # lanes of a counter side by side, sigma contiguous), x and y in the transposed memory
+    # (hw, c) tile, channels contiguous. tl.trans is a shared-memory transpose on the GPU.
+    hw, c, counters, sample = nhwc_tile(hw4, channels4, BLOCK_HW, BLOCK_C)
+    hw_size = hw4 * 4
+    in_hw = hw < hw_size  # only the last hw block of a sample is partly outside
+    z = tl.trans(normal_rows(seed_lo, seed_hi, offset + counters)).to(COMPUTE_DTYPE)
+    sigma = tl.trans(tl.load(sigma_ptr + (c[:, None] * hw_size + hw[None, :]), mask=in_hw[None, :]))
+    memory = sample + (hw[:, None] * (channels4 * 4) + c[None, :])
+    x = tl.load(x_ptr + memory, mask=in_hw[:, None]).to(COMPUTE_DTYPE)
+    # x + sigma * z as the contiguous kernel compiles it (one fma): the transposes would
+    # otherwise split the multiply from the add, a 1-ulp difference between layouts.
+    y = tl.fma(sigma, z, x)
+    tl.store(y_ptr + memory, y.to(y_ptr.dtype.element_ty), mask=in_hw[:, None])
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset"])

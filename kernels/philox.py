@@ -124,3 +124,27 @@ def random_words_kernel(
     w0, w1, w2, w3 = random_words4(seed_lo, seed_hi, offset + counters)
     words = _pick_lane(lanes, w0, w1, w2, w3)
     tl.store(out_ptr + index, words.to(tl.int64), mask=index < numel)
+
+
+@triton.jit
+def normal_rows(seed_lo, seed_hi, counter):
+    """N(0, 1) of a (ROWS, COUNTERS) tile of counters as (ROWS, 4 * COUNTERS): lane ``l`` of
+    counter ``j`` at column ``4j + l``, the spec's order (for tiles whose rows are logical)."""
+    w0, w1, w2, w3 = random_words4(seed_lo, seed_hi, counter)
+    n0, n1 = box_muller(word_to_uniform(w0), word_to_uniform(w1))
+    n2, n3 = box_muller(word_to_uniform(w2), word_to_uniform(w3))
+    # join stacks on a new last axis: [..., j, i] = (n0, n2)[j] if i == 0 else (n1, n3)[j],
+    # so row-major position 2j + i holds lane 2j + i.
+    z = tl.join(tl.join(n0, n2), tl.join(n1, n3))
+    return tl.reshape(z, (counter.shape[0], counter.shape[1] * 4))
+
+
+@triton.jit
+def uniform_rows(seed_lo, seed_hi, counter):
+    """U[0, 1] of a (ROWS, COUNTERS) tile of counters as (ROWS, 4 * COUNTERS), as normal_rows."""
+    w0, w1, w2, w3 = random_words4(seed_lo, seed_hi, counter)
+    u = tl.join(  # lane order as in normal_rows
+        tl.join(word_to_uniform(w0), word_to_uniform(w2)),
+        tl.join(word_to_uniform(w1), word_to_uniform(w3)),
+    )
+    return tl.reshape(u, (counter.shape[0], counter.shape[1] * 4))

@@ -9,8 +9,28 @@ plus per-program partial sums for grad_W and grad_B in the same pass.
 import triton
 import triton.language as tl
 
-from fastnoise.kernels.indexing import block_addresses, feature_offset
-from fastnoise.kernels.philox import normal_at, normal_tile
+from fastnoise.kernels.indexing import block_addresses, feature_offset, nhwc_tile
+from fastnoise.kernels.philox import normal_at, normal_rows, normal_tile
+
+
+@triton.jit
+def _pnil_forward_block(
+    x_ptr, weight_ptr, bias_ptr, y_ptr, block_start, numel, features, hw, channels,
+    seed_lo, seed_hi, offset,
+    MASKED: tl.constexpr, CHANNELS_LAST: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):  # fmt: skip
+    counters = block_start // 4 + tl.arange(0, BLOCK // 4)
+    lanes = tl.arange(0, 4)
+    local = tl.arange(0, BLOCK // 4)[:, None] * 4 + lanes[None, :]  # int32
+    mask = block_start + local < numel if MASKED else None
+    feature, memory = block_addresses(block_start, local, features, hw, channels, CHANNELS_LAST)
+    z = normal_tile(seed_lo, seed_hi, offset + counters, lanes).to(COMPUTE_DTYPE)
+    x = tl.load(x_ptr + memory, mask=mask).to(COMPUTE_DTYPE)
+    weight = tl.load(weight_ptr + feature, mask=mask)
+    bias = tl.load(bias_ptr + feature, mask=mask)
+    y = x + z * tl.exp((x * weight + bias) * 0.5)  # Eq. (2)-(3)
+    tl.store(y_ptr + memory, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset"])
@@ -26,22 +46,60 @@ def pnil_forward_kernel(
     seed_lo: tl.uint32,
     seed_hi: tl.uint32,
     offset: tl.int64,
+    TAIL: tl.constexpr,
     CHANNELS_LAST: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
+    # Only the last program is masked, and only when numel % BLOCK != 0 (TAIL).
     block_start = tl.program_id(0).to(tl.int64) * BLOCK
-    counters = block_start // 4 + tl.arange(0, BLOCK // 4)
-    lanes = tl.arange(0, 4)
-    local = tl.arange(0, BLOCK // 4)[:, None] * 4 + lanes[None, :]  # int32
-    mask = block_start + local < numel
-    feature, memory = block_addresses(block_start, local, features, hw, channels, CHANNELS_LAST)
-    z = normal_tile(seed_lo, seed_hi, offset + counters, lanes).to(COMPUTE_DTYPE)
-    x = tl.load(x_ptr + memory, mask=mask).to(COMPUTE_DTYPE)
-    weight = tl.load(weight_ptr + feature, mask=mask)
-    bias = tl.load(bias_ptr + feature, mask=mask)
-    y = x + z * tl.exp((x * weight + bias) * 0.5)  # Eq. (2)-(3)
-    tl.store(y_ptr + memory, y.to(y_ptr.dtype.element_ty), mask=mask)
+    if TAIL:
+        if block_start + BLOCK > numel:
+            _pnil_forward_block(
+                x_ptr, weight_ptr, bias_ptr, y_ptr, block_start, numel, features, hw,
+                channels, seed_lo, seed_hi, offset, True, CHANNELS_LAST, COMPUTE_DTYPE, BLOCK,
+            )  # fmt: skip
+        else:
+            _pnil_forward_block(
+                x_ptr, weight_ptr, bias_ptr, y_ptr, block_start, numel, features, hw,
+                channels, seed_lo, seed_hi, offset, False, CHANNELS_LAST, COMPUTE_DTYPE, BLOCK,
+            )  # fmt: skip
+    else:
+        _pnil_forward_block(
+            x_ptr, weight_ptr, bias_ptr, y_ptr, block_start, numel, features, hw,
+            channels, seed_lo, seed_hi, offset, False, CHANNELS_LAST, COMPUTE_DTYPE, BLOCK,
+        )  # fmt: skip
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset"])
+def pnil_forward_nhwc_kernel(
+    x_ptr,
+    weight_ptr,
+    bias_ptr,
+    y_ptr,
+    hw4,
+    channels4,
+    seed_lo: tl.uint32,
+    seed_hi: tl.uint32,
+    offset: tl.int64,
+    COMPUTE_DTYPE: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    # channels_last tiles as noise_forward_nhwc_kernel: z, W and B transposed from logical
+    # (c, hw) tiles, x and y in (hw, c) tiles with the channels contiguous.
+    hw, c, counters, sample = nhwc_tile(hw4, channels4, BLOCK_HW, BLOCK_C)
+    hw_size = hw4 * 4
+    in_hw = hw < hw_size
+    z = tl.trans(normal_rows(seed_lo, seed_hi, offset + counters)).to(COMPUTE_DTYPE)
+    feature = c[:, None] * hw_size + hw[None, :]
+    weight = tl.trans(tl.load(weight_ptr + feature, mask=in_hw[None, :]))
+    bias = tl.trans(tl.load(bias_ptr + feature, mask=in_hw[None, :]))
+    memory = sample + (hw[:, None] * (channels4 * 4) + c[None, :])
+    x = tl.load(x_ptr + memory, mask=in_hw[:, None]).to(COMPUTE_DTYPE)
+    # Eq. (2)-(3) in the fmas the contiguous kernel compiles to (same bits either layout).
+    y = tl.fma(z, tl.exp(tl.fma(x, weight, bias) * 0.5), x)
+    tl.store(y_ptr + memory, y.to(y_ptr.dtype.element_ty), mask=in_hw[:, None])
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset"])

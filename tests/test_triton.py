@@ -272,6 +272,34 @@ def test_random_start(tb, device, dtype, project):
     assert 0.5 * 8 / 255 < delta <= 8 / 255 + 1e-2
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_full_programs_and_a_masked_tail(tb, device, layout, monkeypatch):
+    # numel = 315 in blocks of 64: four mask-free programs and a masked tail of 59 (the
+    # interpreter otherwise sizes one block to the whole tensor, so it never sees both).
+    from fastnoise.kernels import launch
+
+    monkeypatch.setattr(launch, "INTERPRETER_MAX_BLOCK", 64)
+    monkeypatch.setattr(launch, "GPU_BLOCK", 64)
+    x = _make((3, 3, 5, 7), torch.float32, device, layout)
+    grad = _make((3, 3, 5, 7), torch.float32, device, layout)
+    sigma, weight = torch.rand(3, 5, 7, device=device), torch.randn(3, 5, 7, device=device)
+    s, o = 2**40 + 1, 2**32 - 3
+    cases = [
+        (tb.noise_forward(x, sigma, s, o), ref.noise_forward(x, sigma, s, o)),
+        (tb.pnil_forward(x, weight, sigma, s, o), ref.pnil_forward(x, weight, sigma, s, o)),
+        (
+            tb.random_start(x, 0.1, s, o, 0.0, 1.0, True),
+            ref.random_start(x, 0.1, s, o, 0.0, 1.0, True),
+        ),
+        (
+            tb.pgd_step(x, grad, x, 0.1, 0.2, -1.0, 1.0),
+            ref.pgd_step(x, grad, x, 0.1, 0.2, -1.0, 1.0),
+        ),
+    ]
+    for got, expected in cases:
+        _close(got, expected)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_nan_inputs_stay_nan_as_in_the_reference(tb, device, dtype):
     # max.f32 drops a NaN: without propagate_nan a NaN origin became a bound (pgd_step)
@@ -479,7 +507,9 @@ def test_gradcheck_float64(device, tb, seed, offset):
         )
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (3, 8, 4, 4)])  # rows off / on counter boundaries
+# rows off / on counter boundaries; the last three run the channels_last tile kernels
+# (H*W % 4 == C % 4 == 0): one block, a masked last pixel block, BLOCK_C = 4 of C = 12.
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (3, 8, 4, 4), (2, 16, 6, 6), (2, 12, 2, 6)])
 def test_channels_last_runs_in_place(tb, device, shape, seed_offset):
     x = _make(shape, torch.float32, device, "channels_last")
     sigma, weight = torch.rand(shape[1], 1, 1, device=device), torch.randn(shape[1:], device=device)
@@ -536,7 +566,7 @@ kernels = [noise_injection.noise_forward_kernel, noise_injection.noise_backward_
 count = 0
 for kernel, dtype, flag in itertools.product(kernels, ["fp32", "bf16", "fp64"], [False, True]):
     compute = tl.float64 if dtype == "fp64" else tl.float32
-    flags = {"CHANNELS_LAST": flag, "ROWS_ALIGNED": not flag, "PROJECT": flag,
+    flags = {"CHANNELS_LAST": flag, "ROWS_ALIGNED": not flag, "PROJECT": flag, "TAIL": flag,
              "ROWS_PER_PROGRAM": 8, "COMPUTE_DTYPE": compute, "BLOCK": 1024, "BLOCK_F": 1024}
     constexprs, signature = {}, {}
     for i, name in enumerate(kernel.arg_names):

@@ -137,6 +137,7 @@ def test_contiguous_fp32_paths_use_128_bit_accesses(compiled):
     # ld/st.global.v4.b32 (4 floats), never a scalar one.
     checked = [v for v in _ok(compiled) if v.kind == "float32/contiguous/aligned"]
     names = {k.fn.__name__ for k in tl.kernels()} - {"random_words_kernel"}  # int64, a test aid
+    names = {n for n in names if "_nhwc_" not in n}  # channels_last only: checked below
     assert {v.kernel for v in checked} == names
     for variant in checked:
         accesses = collections.Counter(tl.tensor_accesses(variant.compiled))
@@ -146,6 +147,57 @@ def test_contiguous_fp32_paths_use_128_bit_accesses(compiled):
             str(variant),
             accesses,
         )
+
+
+# Activation tensors each elementwise kernel loads; the others (sigma, weight, bias) are
+# per-feature parameters, gathered element by element when rows are not 16-byte aligned.
+ACTIVATION_LOADS = {
+    "noise_forward_kernel": 1,
+    "pnil_forward_kernel": 1,
+    "pgd_step_kernel": 3,
+    "random_start_kernel": 1,
+}
+
+
+def test_unaligned_numel_keeps_128_bit_accesses_outside_the_tail(compiled):
+    # numel = 315 (3x3x5x7, not a multiple of 16): a mask `index < numel` on every access
+    # made them all scalar. Only the last program may be masked: the others must move x
+    # and y in as many ld/st.global.v4.b32 as the aligned variant does.
+    first = {}
+    for v in _ok(compiled):
+        first.setdefault((v.kernel, v.kind), v)
+    for kernel, loads in ACTIVATION_LOADS.items():
+        aligned, unaligned = (
+            collections.Counter(tl.tensor_accesses(first[(kernel, kind)].compiled))
+            for kind in ("float32/contiguous/aligned", "float32/contiguous/unaligned")
+        )
+        per_tensor = aligned["st.global.v4.b32"]  # y, the one tensor each kernel stores
+        assert per_tensor, (kernel, aligned)
+        assert unaligned["st.global.v4.b32"] == per_tensor, (kernel, dict(unaligned))
+        assert unaligned["ld.global.v4.b32"] >= loads * per_tensor, (kernel, dict(unaligned))
+
+
+def test_channels_last_fp32_elementwise_paths_use_128_bit_accesses(compiled):
+    # channels_last with H*W % 4 == C % 4 == 0 (8x16x8x8): the forward kernels read and
+    # write pixels' channel vectors, and transpose the logical noise tile on chip. Strided
+    # logical-order access made every x/y access scalar (and took 61-72 registers).
+    first = {}
+    for v in _ok(compiled):
+        first.setdefault((v.kernel, v.kind), v)
+    pairs = {
+        "noise_forward_nhwc_kernel": "noise_forward_kernel",
+        "pnil_forward_nhwc_kernel": "pnil_forward_kernel",
+        "random_start_nhwc_kernel": "random_start_kernel",
+    }
+    for nhwc, contiguous in pairs.items():
+        variant = first[(nhwc, "float32/channels_last/aligned")]
+        accesses = collections.Counter(tl.tensor_accesses(variant.compiled))
+        scalar = {op: n for op, n in accesses.items() if ".v4." not in op}
+        assert not scalar, (str(variant), dict(accesses))
+        assert accesses["ld.global.v4.b32"] and accesses["st.global.v4.b32"], str(variant)
+        registers = tl.resource_usage(variant.compiled)["reg"]
+        baseline = tl.resource_usage(first[(contiguous, "float32/contiguous/aligned")].compiled)
+        assert registers <= baseline["reg"] + 8, (str(variant), registers, baseline)
 
 
 def test_no_variant_spills_registers(compiled):

@@ -48,11 +48,16 @@ def _reload() -> None:
 
 
 def kernels() -> list[JITFunction]:
-    """Every ``@triton.jit`` kernel (a function with a ``*_ptr`` argument) of the modules."""
+    """Every ``@triton.jit`` kernel (a public function with a ``*_ptr`` argument) of the
+    modules; ``_``-prefixed helpers (a kernel's masked and mask-free bodies) are inlined."""
     found = []
     for name in KERNEL_MODULES:
         for value in vars(sys.modules[name]).values():
-            if isinstance(value, JITFunction) and any(a.endswith("_ptr") for a in value.arg_names):
+            if (
+                isinstance(value, JITFunction)
+                and not value.fn.__name__.startswith("_")
+                and any(a.endswith("_ptr") for a in value.arg_names)
+            ):
                 found.append(value)
     return found
 

@@ -123,6 +123,34 @@ def _in_layout(x: torch.Tensor, *others: torch.Tensor) -> tuple[list[torch.Tenso
     return [t.contiguous() for t in (x, *others)], dict(hw=1, channels=1, CHANNELS_LAST=False)
 
 
+def _nhwc_tiles(x: torch.Tensor, layout: dict, launch) -> dict | None:
+    """Tile sizes and grid of the ``*_nhwc_kernel``s for a channels_last ``x``, or None.
+
+    They need H*W % 4 == 0 (each Philox counter's 4 lanes are 4 pixels of one channel)
+    and C % 4 == 0 (16-byte aligned pixels); BLOCK_C divides C, so only the last block of
+    pixels of a sample is masked, and along hw: the channel vectors stay unmasked.
+    """
+    if not layout["CHANNELS_LAST"]:
+        return None
+    batch, channels, height, width = x.shape
+    hw = height * width
+    if hw % 4 or channels % 4:
+        return None
+    budget = launch.elementwise_block(x.numel())
+    block_c = min(launch.NHWC_MAX_BLOCK_C, channels & -channels)  # a power of 2 dividing C
+    block_hw = max(4, min(1 << (hw - 1).bit_length(), budget // block_c))  # powers of 2
+    hw_blocks = math.ceil(hw / block_hw)
+    return dict(
+        grid=(batch * hw_blocks, channels // block_c),
+        args=(hw // 4, channels // 4),
+        kwargs=dict(
+            BLOCK_HW=block_hw,
+            BLOCK_C=block_c,
+            num_warps=max(1, min(launch.num_warps(), block_hw * block_c // 256)),
+        ),
+    )
+
+
 def _rows_features(x: torch.Tensor, name: str = "x") -> tuple[int, int]:
     from fastnoise.kernels.launch import MAX_FEATURES
 
@@ -145,14 +173,23 @@ def noise_forward(x: torch.Tensor, sigma: torch.Tensor, seed: int, offset: int) 
         return y
     _, features = _rows_features(x)
     sigma_f = _per_feature(sigma, x.shape[1:], _compute_torch_dtype(x.dtype))
-    block = launch.elementwise_block(x.numel())
     seed_lo, seed_hi = launch.split_seed(seed)
+    tiles = _nhwc_tiles(x, layout, launch)
+    if tiles is not None:
+        _launch(
+            noise_injection.noise_forward_nhwc_kernel, tiles["grid"], x.device,
+            x, sigma_f, y, *tiles["args"], seed_lo, seed_hi, offset,
+            COMPUTE_DTYPE=launch.compute_dtype(x.dtype), **tiles["kwargs"],
+        )  # fmt: skip
+        return y
+    block = launch.elementwise_block(x.numel())
     grid = (math.ceil(x.numel() / block),)
     _launch(
         noise_injection.noise_forward_kernel, grid, x.device,
         x, sigma_f, y, x.numel(), features, layout["hw"], layout["channels"],
-        seed_lo, seed_hi, offset, CHANNELS_LAST=layout["CHANNELS_LAST"],
-        COMPUTE_DTYPE=launch.compute_dtype(x.dtype), BLOCK=block, num_warps=launch.num_warps(),
+        seed_lo, seed_hi, offset, TAIL=x.numel() % block != 0,
+        CHANNELS_LAST=layout["CHANNELS_LAST"], COMPUTE_DTYPE=launch.compute_dtype(x.dtype),
+        BLOCK=block, num_warps=launch.num_warps(),
     )  # fmt: skip
     return y
 
@@ -196,14 +233,23 @@ def pnil_forward(
     compute = _compute_torch_dtype(x.dtype)
     weight_f = _per_feature(weight, x.shape[1:], compute)
     bias_f = _per_feature(bias, x.shape[1:], compute)
-    block = launch.elementwise_block(x.numel())
     seed_lo, seed_hi = launch.split_seed(seed)
+    tiles = _nhwc_tiles(x, layout, launch)
+    if tiles is not None:
+        _launch(
+            pnil.pnil_forward_nhwc_kernel, tiles["grid"], x.device,
+            x, weight_f, bias_f, y, *tiles["args"], seed_lo, seed_hi, offset,
+            COMPUTE_DTYPE=launch.compute_dtype(x.dtype), **tiles["kwargs"],
+        )  # fmt: skip
+        return y
+    block = launch.elementwise_block(x.numel())
     grid = (math.ceil(x.numel() / block),)
     _launch(
         pnil.pnil_forward_kernel, grid, x.device,
         x, weight_f, bias_f, y, x.numel(), features, layout["hw"], layout["channels"],
-        seed_lo, seed_hi, offset, CHANNELS_LAST=layout["CHANNELS_LAST"],
-        COMPUTE_DTYPE=launch.compute_dtype(x.dtype), BLOCK=block, num_warps=launch.num_warps(),
+        seed_lo, seed_hi, offset, TAIL=x.numel() % block != 0,
+        CHANNELS_LAST=layout["CHANNELS_LAST"], COMPUTE_DTYPE=launch.compute_dtype(x.dtype),
+        BLOCK=block, num_warps=launch.num_warps(),
     )  # fmt: skip
     return y
 
@@ -266,8 +312,8 @@ def pgd_step(
     _launch(
         attack_step.pgd_step_kernel, grid, x_adv.device, x_adv, grad, x_orig, out, x_adv.numel(),
         float(step_size), float(eps), float(clip_min), float(clip_max),
-        COMPUTE_DTYPE=launch.compute_dtype(x_adv.dtype), BLOCK=block,
-        num_warps=launch.num_warps(),
+        TAIL=x_adv.numel() % block != 0, COMPUTE_DTYPE=launch.compute_dtype(x_adv.dtype),
+        BLOCK=block, num_warps=launch.num_warps(),
     )  # fmt: skip
     return out
 
@@ -288,14 +334,24 @@ def random_start(
     if x.numel() == 0:
         return out
     _, features = _rows_features(x)
-    block = launch.elementwise_block(x.numel())
     seed_lo, seed_hi = launch.split_seed(seed)
+    tiles = _nhwc_tiles(x, layout, launch)
+    if tiles is not None:
+        _launch(
+            attack_step.random_start_nhwc_kernel, tiles["grid"], x.device,
+            x, out, *tiles["args"], float(eps), float(clip_min), float(clip_max),
+            seed_lo, seed_hi, offset, PROJECT=bool(project),
+            COMPUTE_DTYPE=launch.compute_dtype(x.dtype), **tiles["kwargs"],
+        )  # fmt: skip
+        return out
+    block = launch.elementwise_block(x.numel())
     grid = (math.ceil(x.numel() / block),)
     _launch(
         attack_step.random_start_kernel, grid, x.device,
         x, out, x.numel(), features, layout["hw"], layout["channels"],
         float(eps), float(clip_min), float(clip_max), seed_lo, seed_hi, offset,
-        PROJECT=bool(project), CHANNELS_LAST=layout["CHANNELS_LAST"],
-        COMPUTE_DTYPE=launch.compute_dtype(x.dtype), BLOCK=block, num_warps=launch.num_warps(),
+        PROJECT=bool(project), TAIL=x.numel() % block != 0,
+        CHANNELS_LAST=layout["CHANNELS_LAST"], COMPUTE_DTYPE=launch.compute_dtype(x.dtype),
+        BLOCK=block, num_warps=launch.num_warps(),
     )  # fmt: skip
     return out
