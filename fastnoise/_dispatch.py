@@ -1,9 +1,11 @@
 """Which backend runs a primitive: ``set_backend``, ``use_backend``, ``backends``.
 
 The choice is ``"auto"`` unless set by :func:`set_backend`, :func:`use_backend` or the
-``FASTNOISE_BACKEND`` environment variable (read when nothing was set in code).
+``FASTNOISE_BACKEND`` environment variable (read when nothing was set in code, at a
+device's first call: the choice per device is cached until set_backend, use_backend or
+refresh).
 ``"auto"`` takes, for each tensor's device, the first backend in registry order
-(triton, cuda, cpp, torch) that is available and runs that device; the pure-torch
+(cuda, triton, cpp, torch) that is available and runs that device; the pure-torch
 reference always does. A backend named explicitly must be available and must run the
 tensor's device, or the call raises :class:`BackendUnavailableError`.
 """

@@ -46,7 +46,7 @@ def _fake_status(monkeypatch, fakes):
 
 def test_backends_lists_registry_in_order():
     rows = _dispatch.backends()
-    assert [r.name for r in rows] == list(BACKEND_MODULES) == ["triton", "cuda", "cpp", "torch"]
+    assert [r.name for r in rows] == list(BACKEND_MODULES) == ["cuda", "triton", "cpp", "torch"]
     torch_row = rows[-1]
     assert torch_row.available and torch_row.reason is None
     assert set(torch_row.devices) == {"cpu", "cuda"}
