@@ -28,6 +28,11 @@ def eager_inject_noise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return x + sigma * torch.randn_like(x)
 
 
+def eager_inject_noise_abs(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The layer's op eagerly: ``x + |theta| * z``, as Learn2Perturb's code with abs."""
+    return eager_inject_noise(x, sigma.abs())
+
+
 def eager_random_start(x, eps, project=True, clip=(0.0, 1.0), **_):
     x = x + torch.empty_like(x).uniform_(-eps, eps)
     return x.clamp(*clip) if project else x
@@ -42,7 +47,7 @@ def eager_pgd_step(x_adv, grad, x_orig, step_size, eps, clip=(0.0, 1.0)):
 def eager_ops():
     """Swap the fused ops for eager PyTorch where the layer and the trainer call them."""
     with (
-        mock.patch("fastnoise.nn.perturbation.inject_noise", eager_inject_noise),
+        mock.patch("fastnoise.nn.perturbation.inject_noise_abs", eager_inject_noise_abs),
         mock.patch("fastnoise.train.adversarial.random_start", eager_random_start),
         mock.patch("fastnoise.train.adversarial.pgd_step", eager_pgd_step),
     ):
@@ -73,7 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--host-bound",
+        action="store_true",
+        help="32 images in batches of 2: tiny activations, so the Python and dispatch "
+        "around each op decide the time (per-call cost, as on a GPU)",
+    )
     args = parser.parse_args(argv)
+    if args.host_bound:
+        args.images, args.batch_size = 32, 2
     device = torch.device(args.device)
 
     torch.manual_seed(args.seed)
