@@ -23,15 +23,7 @@ from fastnoise._backends import reference as ref  # noqa: E402
 from fastnoise._dispatch import use_backend  # noqa: E402
 
 from tolerances import assert_close_ulps  # noqa: E402
-
-KERNEL_MODULES = [
-    "fastnoise.kernels.philox",
-    "fastnoise.kernels.indexing",  # before the kernels that import its helpers
-    "fastnoise.kernels.launch",
-    "fastnoise.kernels.noise_injection",
-    "fastnoise.kernels.pnil",
-    "fastnoise.kernels.attack_step",
-]
+from triton_launches import KERNEL_MODULES  # noqa: E402  (the one list of kernel modules)
 
 # Both sides round once from float32 math to the output dtype; they may differ by the
 # float32 error of z (~1e-6 relative) and, in fp16/bf16, one ulp of the output dtype

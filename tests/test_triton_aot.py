@@ -22,7 +22,6 @@ import torch
 pytest.importorskip("triton")
 
 import triton_launches as tl  # noqa: E402
-
 from conftest import SEED_OFFSETS  # noqa: E402
 
 # Rows of 1024 features (divisible by 16: 16-byte aligned rows, vector accesses possible)
