@@ -62,13 +62,22 @@ Tensor pnil_forward(const Tensor& x, const Tensor& w, const Tensor& b, int64_t s
   return op.call(x, w, b, seed, offset);
 }
 
+bool share_memory(const Tensor& a, const Tensor& b) {
+  return a.numel() > 0 && b.numel() > 0 && a.storage().is_alias_of(b.storage());
+}
+
+// The kernels may hand back grad_w and grad_b as two rows of one buffer; the schema
+// promises separate tensors (opcheck and the compiler rely on it), so copy if they share.
 std::tuple<Tensor, Tensor, Tensor> pnil_backward(const Tensor& grad_y, const Tensor& x,
                                                  const Tensor& w, const Tensor& b, int64_t seed,
                                                  int64_t offset) {
   static const auto op = backend_op<std::tuple<Tensor, Tensor, Tensor>(
       const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t, int64_t)>(
       "fastnoise_C::pnil_backward");
-  return op.call(grad_y, x, w, b, seed, offset);
+  auto [gx, gw, gb] = op.call(grad_y, x, w, b, seed, offset);
+  if (share_memory(gw, gx)) gw = gw.clone();
+  if (share_memory(gb, gw) || share_memory(gb, gx)) gb = gb.clone();
+  return {gx, gw, gb};
 }
 
 // ---- checks: the messages of fastnoise/_validation.py ----------------------------------

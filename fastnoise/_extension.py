@@ -263,15 +263,21 @@ def _register_fakes() -> None:
 
 
 def _register_compile_path_fakes() -> None:
-    """The ``.state`` overloads that compiled graphs call (csrc/front_door.cpp): outputs
-    in the input's layout (channels_last stays channels_last), as the real kernels'."""
+    """The front door's ops (csrc/front_door.cpp): the ``.state`` overloads compiled graphs
+    call, and the eager ones for anyone who traces them. Outputs in the input's layout
+    (channels_last stays channels_last), as the real kernels'."""
     from fastnoise._ops import _empty_like as like_input
 
     def like(t: torch.Tensor) -> torch.Tensor:
         return torch.empty_like(t, memory_format=torch.contiguous_format)
 
     fakes = {
-        "fresh_rng_state": lambda x, offset: torch.empty(2, dtype=torch.int64),
+        "fresh_rng_state": lambda x, offset: torch.empty(2, dtype=torch.int64, device="cpu"),
+        "inject_noise": lambda x, sigma, seed, offset: like_input(x),
+        "inject_noise.scalar": lambda x, sigma, seed, offset: like_input(x),
+        "inject_noise.abs": lambda x, sigma, seed, offset: like_input(x),
+        "pnil": lambda x, weight, bias, seed, offset: like_input(x),
+        "random_start.draw": lambda x, eps, seed, offset, lo, hi, project: like(x),
         "inject_noise.state": lambda x, sigma, rng_state: like_input(x),
         "noise_backward_sigma.state": lambda grad_y, sigma, rng_state: like(sigma),
         "pnil.state": lambda x, weight, bias, rng_state: like_input(x),

@@ -326,3 +326,38 @@ def test_inject_noise_abs_is_inject_noise_of_abs(seed_offset):
     assert (grads[1][1] == 0).all() and (grads[1][0] != 0).all()
     with pytest.raises(ValueError, match="sigma must be non-negative and not NaN"):
         F.inject_noise_abs(x, torch.full((3, 5), float("nan")), seed=1)
+
+
+def test_opcheck_the_extension_ops(seed_offset):
+    """Schema and autograd registration of the C++ ops; fake kernels and AOT dispatch too
+    for the .state ops compiled graphs call. Explicit seeds (fresh_rng_state draws, so
+    opcheck's repeated runs could not agree)."""
+    seed, offset = seed_offset
+    ops = torch.ops.fastnoise_C
+    x = torch.rand(3, 2, 4, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    sigma = (torch.rand(2, 1, 1) + 0.1).requires_grad_()
+    weight = (torch.randn(2, 4, 5) * 0.3).requires_grad_()
+    bias = torch.zeros(2, 4, 5, requires_grad=True)
+    state = torch.tensor([seed, offset])
+    bounds = torch.tensor([0.01, 0.1, 0.0, 1.0], dtype=torch.float64)
+    plain = x.detach()
+    cases = [
+        (ops.inject_noise.default, (x, sigma, seed, offset)),
+        (ops.inject_noise.scalar, (x, 0.3, seed, offset)),
+        (ops.inject_noise.abs, (x, sigma - 0.2, seed, offset)),
+        (ops.pnil.default, (x, weight, bias, seed, offset)),
+        (ops.random_start.draw, (plain, 0.1, seed, offset, 0.0, 1.0, True)),
+        (ops.inject_noise.state, (x, sigma, state)),
+        (ops.pnil.state, (x, weight, bias, state)),
+        (ops.noise_backward_sigma.state, (torch.randn_like(plain), sigma.detach(), state)),
+        (
+            ops.pnil_backward.state,
+            (torch.randn_like(plain), plain, weight.detach(), bias.detach(), state),
+        ),
+        (ops.pgd_step.state, (plain, torch.randn_like(plain), plain, bounds)),
+        (ops.random_start.state, (plain, state, bounds, False)),
+    ]
+    for op, args in cases[:5]:  # the eager front door: data-dependent checks, not traced
+        torch.library.opcheck(op, args, test_utils=("test_schema", "test_autograd_registration"))
+    for op, args in cases[5:]:  # what compiled graphs call: every check
+        torch.library.opcheck(op, args)
