@@ -8,6 +8,14 @@
 // fastnoise.rng.draw_seed() does (torch.randint(0, 2**63 - 1)), so torch.manual_seed
 // gives the same noise on this path and the Python one. The backward regenerates the
 // noise from the (seed, offset) saved here: nothing activation-sized is kept for it.
+//
+// CUDA graph capture with seed=None (cuda/graph_rng.h): a seed drawn on the host would be
+// baked into the graph and every replay would draw the same noise. While x's current
+// stream is capturing, the seed and offset instead come from torch's CUDA generator on
+// the device, in a two-int64 device tensor that the captured graph refills on every
+// replay; the Captured* autograd Functions below save that tensor for the backward. Every
+// other call (an explicit seed, a CPU tensor, no capture) takes the path it always took,
+// with the same numbers.
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/_assert_async.h>
@@ -19,14 +27,28 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <cstdint>
 #include <limits>
 #include <mutex>
 #include <optional>
 
 #include "common.h"
+#include "cuda/graph_rng.h"
 
 namespace fastnoise {
+namespace graph_rng {
+namespace {
+// Constant-initialized, so register_cuda.cpp may set it from its own static initializer
+// whatever the order of the two translation units.
+std::atomic<CapturedStateFn> captured_state_fn{nullptr};
+}  // namespace
+
+void set_captured_state_fn(CapturedStateFn fn) {
+  captured_state_fn.store(fn, std::memory_order_release);
+}
+}  // namespace graph_rng
+
 namespace front {
 namespace {
 
@@ -78,6 +100,57 @@ std::tuple<Tensor, Tensor, Tensor> pnil_backward(const Tensor& grad_y, const Ten
   if (share_memory(gw, gx)) gw = gw.clone();
   if (share_memory(gb, gw) || share_memory(gb, gx)) gb = gb.clone();
   return {gx, gw, gb};
+}
+
+// ---- the .device_state overloads: CUDA graph capture only (cuda/graph_rng.h) ---------
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> backend_overload(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "device_state").typed<Signature>();
+}
+
+Tensor noise_forward_dev(const Tensor& x, const Tensor& sigma, const Tensor& state) {
+  static const auto op = backend_overload<Tensor(const Tensor&, const Tensor&, const Tensor&)>(
+      "fastnoise_C::noise_forward");
+  return op.call(x, sigma, state);
+}
+
+Tensor noise_backward_sigma_dev(const Tensor& grad_y, const Tensor& sigma, const Tensor& state) {
+  static const auto op = backend_overload<Tensor(const Tensor&, const Tensor&, const Tensor&)>(
+      "fastnoise_C::noise_backward_sigma");
+  return op.call(grad_y, sigma, state);
+}
+
+Tensor pnil_forward_dev(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& state) {
+  static const auto op =
+      backend_overload<Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&)>(
+          "fastnoise_C::pnil_forward");
+  return op.call(x, w, b, state);
+}
+
+std::tuple<Tensor, Tensor, Tensor> pnil_backward_dev(const Tensor& grad_y, const Tensor& x,
+                                                     const Tensor& w, const Tensor& b,
+                                                     const Tensor& state) {
+  static const auto op = backend_overload<std::tuple<Tensor, Tensor, Tensor>(
+      const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&)>(
+      "fastnoise_C::pnil_backward");
+  auto [gx, gw, gb] = op.call(grad_y, x, w, b, state);
+  if (share_memory(gw, gx)) gw = gw.clone();
+  if (share_memory(gb, gw) || share_memory(gb, gx)) gb = gb.clone();
+  return {gx, gw, gb};
+}
+
+// seed=None on a CUDA tensor while its stream is capturing: the [seed, offset] device
+// state (one per call, reserving ceil(numel / 4) Philox counters); else an undefined
+// tensor, and the caller draws on the host as it always has. The capture query is the
+// only thing outside capture this adds, and only for CUDA tensors with seed=None. The
+// offset argument is checked, then unused: see the mapping in cuda/graph_rng.h.
+Tensor captured_state(const Tensor& x, const std::optional<int64_t>& seed, int64_t offset) {
+  if (seed.has_value() || !x.is_cuda()) return Tensor();
+  const auto fn = graph_rng::captured_state_fn.load(std::memory_order_acquire);
+  if (fn == nullptr) return Tensor();
+  TORCH_CHECK_VALUE(offset >= 0, "offset must be in [0, 2**63), got ", offset);
+  return fn(x, (x.numel() + 3) / 4);
 }
 
 // ---- checks: the messages of fastnoise/_validation.py ----------------------------------
@@ -209,6 +282,36 @@ class NoiseInjectionAbs : public torch::autograd::Function<NoiseInjectionAbs> {
   }
 };
 
+// Noise injection inside CUDA graph capture: NoiseInjection (magnitude false; also the
+// number-sigma op, whose 0-d sigma needs no gradient) or NoiseInjectionAbs (magnitude
+// true) with (seed, offset) read on the device from `state`, which is saved for the
+// backward in place of the two integers.
+class CapturedNoiseInjection : public torch::autograd::Function<CapturedNoiseInjection> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& sigma,
+                        const Tensor& state, bool magnitude) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    Tensor scale = sigma;
+    if (magnitude) {
+      scale = sigma.abs();
+      check_non_negative(scale, "sigma");
+    }
+    ctx->save_for_backward({sigma, state});
+    ctx->saved_data["magnitude"] = magnitude;
+    return in_layout_of(noise_forward_dev(x, scale, state), x);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    Tensor grad_sigma;
+    if (ctx->needs_input_grad(1)) {
+      const auto saved = ctx->get_saved_variables();
+      grad_sigma = noise_backward_sigma_dev(grads[0], saved[0], saved[1]);
+      if (ctx->saved_data["magnitude"].toBool()) grad_sigma.mul_(saved[0].sgn());
+    }
+    return {grads[0], grad_sigma, Tensor(), Tensor()};
+  }
+};
+
 void check_inject(const Tensor& x, const Tensor& sigma) {
   check_input(x);
   check_param(sigma, "sigma", x);
@@ -218,6 +321,9 @@ void check_inject(const Tensor& x, const Tensor& sigma) {
 Tensor inject_noise_autograd(const Tensor& x, const Tensor& sigma, std::optional<int64_t> seed,
                              int64_t offset) {
   check_inject(x, sigma);
+  if (const Tensor state = captured_state(x, seed, offset); state.defined()) {
+    return CapturedNoiseInjection::apply(x, sigma, state, false);
+  }
   return NoiseInjection::apply(x, sigma, seed_or_draw(seed, offset), offset);
 }
 
@@ -225,6 +331,9 @@ Tensor inject_noise_abs_autograd(const Tensor& x, const Tensor& sigma,
                                  std::optional<int64_t> seed, int64_t offset) {
   check_input(x);
   check_param(sigma, "sigma", x);
+  if (const Tensor state = captured_state(x, seed, offset); state.defined()) {
+    return CapturedNoiseInjection::apply(x, sigma, state, true);
+  }
   return NoiseInjectionAbs::apply(x, sigma, seed_or_draw(seed, offset), offset);
 }
 
@@ -234,12 +343,18 @@ Tensor inject_noise_abs_plain(const Tensor& x, const Tensor& sigma, std::optiona
   check_param(sigma, "sigma", x);
   const Tensor magnitude = sigma.abs();
   check_non_negative(magnitude, "sigma");
+  if (const Tensor state = captured_state(x, seed, offset); state.defined()) {
+    return in_layout_of(noise_forward_dev(x, magnitude, state), x);
+  }
   return in_layout_of(noise_forward(x, magnitude, seed_or_draw(seed, offset), offset), x);
 }
 
 Tensor inject_noise_plain(const Tensor& x, const Tensor& sigma, std::optional<int64_t> seed,
                           int64_t offset) {
   check_inject(x, sigma);
+  if (const Tensor state = captured_state(x, seed, offset); state.defined()) {
+    return in_layout_of(noise_forward_dev(x, sigma, state), x);
+  }
   return in_layout_of(noise_forward(x, sigma, seed_or_draw(seed, offset), offset), x);
 }
 
@@ -269,12 +384,18 @@ class NoiseInjectionScalar : public torch::autograd::Function<NoiseInjectionScal
 Tensor inject_noise_scalar_autograd(const Tensor& x, double sigma, std::optional<int64_t> seed,
                                     int64_t offset) {
   const Tensor s = filled_sigma(x, sigma);
+  if (const Tensor state = captured_state(x, seed, offset); state.defined()) {
+    return CapturedNoiseInjection::apply(x, s, state, false);
+  }
   return NoiseInjectionScalar::apply(x, s, seed_or_draw(seed, offset), offset);
 }
 
 Tensor inject_noise_scalar_plain(const Tensor& x, double sigma, std::optional<int64_t> seed,
                                  int64_t offset) {
   const Tensor s = filled_sigma(x, sigma);
+  if (const Tensor state = captured_state(x, seed, offset); state.defined()) {
+    return in_layout_of(noise_forward_dev(x, s, state), x);
+  }
   return in_layout_of(noise_forward(x, s, seed_or_draw(seed, offset), offset), x);
 }
 
@@ -300,6 +421,24 @@ class Pnil : public torch::autograd::Function<Pnil> {
   }
 };
 
+// PNIL inside CUDA graph capture: Pnil with (seed, offset) read on the device from
+// `state`, saved for the backward in place of the two integers.
+class CapturedPnil : public torch::autograd::Function<CapturedPnil> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& weight,
+                        const Tensor& bias, const Tensor& state) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({x, weight, bias, state});
+    return in_layout_of(pnil_forward_dev(x, weight, bias, state), x);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    auto [gx, gw, gb] = pnil_backward_dev(grads[0], saved[0], saved[1], saved[2], saved[3]);
+    return {in_layout_of(gx, saved[0]), gw, gb, Tensor()};
+  }
+};
+
 void check_pnil(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   check_input(x);
   check_param(weight, "weight", x);
@@ -309,12 +448,18 @@ void check_pnil(const Tensor& x, const Tensor& weight, const Tensor& bias) {
 Tensor pnil_autograd(const Tensor& x, const Tensor& weight, const Tensor& bias,
                      std::optional<int64_t> seed, int64_t offset) {
   check_pnil(x, weight, bias);
+  if (const Tensor state = captured_state(x, seed, offset); state.defined()) {
+    return CapturedPnil::apply(x, weight, bias, state);
+  }
   return Pnil::apply(x, weight, bias, seed_or_draw(seed, offset), offset);
 }
 
 Tensor pnil_plain(const Tensor& x, const Tensor& weight, const Tensor& bias,
                   std::optional<int64_t> seed, int64_t offset) {
   check_pnil(x, weight, bias);
+  if (const Tensor state = captured_state(x, seed, offset); state.defined()) {
+    return in_layout_of(pnil_forward_dev(x, weight, bias, state), x);
+  }
   return in_layout_of(pnil_forward(x, weight, bias, seed_or_draw(seed, offset), offset), x);
 }
 
@@ -353,6 +498,12 @@ Tensor random_start_draw(const Tensor& x, double eps, std::optional<int64_t> see
                          int64_t offset, double clip_min, double clip_max, bool project) {
   // !(eps >= 0) also rejects NaN
   TORCH_CHECK_VALUE(eps >= 0, "eps must be a non-negative number, got ", eps);
+  if (const Tensor state = captured_state(x, seed, offset); state.defined()) {
+    static const auto op = backend_overload<Tensor(const Tensor&, double, const Tensor&, double,
+                                                   double, bool)>("fastnoise_C::random_start");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(x, eps, state, clip_min, clip_max, project);
+  }
   return random_start_no_graph(x, eps, seed_or_draw(seed, offset), offset, clip_min, clip_max,
                                project);
 }

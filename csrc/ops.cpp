@@ -29,6 +29,22 @@ void define_ops(torch::Library& m) {
   m.def(
       "random_start(Tensor x, float eps, int seed, int offset, float clip_min, float clip_max,"
       " bool project) -> Tensor");
+  // CUDA graph capture with seed=None (csrc/cuda/graph_rng.h), CUDA kernels only: the
+  // same ops with (seed, offset) read on the device from device_state, two int64 on x's
+  // device that a kernel of the captured graph rewrites on every replay.
+  m.def("noise_forward.device_state(Tensor x, Tensor sigma, Tensor device_state) -> Tensor");
+  m.def(
+      "noise_backward_sigma.device_state(Tensor grad_y, Tensor sigma, Tensor device_state)"
+      " -> Tensor");
+  m.def(
+      "pnil_forward.device_state(Tensor x, Tensor weight, Tensor bias, Tensor device_state)"
+      " -> Tensor");
+  m.def(
+      "pnil_backward.device_state(Tensor grad_y, Tensor x, Tensor weight, Tensor bias,"
+      " Tensor device_state) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "random_start.device_state(Tensor x, float eps, Tensor device_state, float clip_min,"
+      " float clip_max, bool project) -> Tensor");
   // The raw spec: Philox4x32-10 words (uint32 in int64) of each int64 counter, shape (M, 4).
   m.def("philox_words(Tensor counters, int seed) -> Tensor");
   // ---- the public ops' front door (csrc/front_door.cpp) ----

@@ -288,6 +288,16 @@ def _register_compile_path_fakes() -> None:
         ),
         "pgd_step.state": lambda x_adv, grad, x_orig, bounds: like(x_adv),
         "random_start.state": lambda x, rng_state, bounds, project: like(x),
+        # CUDA graph capture (csrc/cuda/graph_rng.h): (seed, offset) in a device tensor.
+        "noise_forward.device_state": lambda x, sigma, state: like(x),
+        "noise_backward_sigma.device_state": lambda grad_y, sigma, state: like(sigma),
+        "pnil_forward.device_state": lambda x, weight, bias, state: like(x),
+        "pnil_backward.device_state": lambda grad_y, x, weight, bias, state: (
+            like(x),
+            like(weight),
+            like(bias),
+        ),
+        "random_start.device_state": lambda x, eps, state, lo, hi, project: like(x),
     }
     for name, fake in fakes.items():
         torch.library.register_fake(f"{LIBRARY}::{name}", fake)

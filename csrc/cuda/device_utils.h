@@ -36,6 +36,16 @@ inline int blocks_for(const Launch& launch, int64_t work_items) {
   for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; \
        index < (count); index += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
+// CUDA graph capture (kernels.h): (seed, offset) from the device state when there is one,
+// else the kernel's arguments are kept. Null outside capture, so that path is unchanged.
+__device__ __forceinline__ void read_device_state(const int64_t* state, uint64_t& seed,
+                                                  uint64_t& offset) {
+  if (state != nullptr) {
+    seed = static_cast<uint64_t>(state[0]);
+    offset = static_cast<uint64_t>(state[1]);
+  }
+}
+
 FASTNOISE_HD float load(const float* p) { return *p; }
 FASTNOISE_HD double load(const double* p) { return *p; }
 FASTNOISE_HD float load(const __half* p) { return __half2float(*p); }

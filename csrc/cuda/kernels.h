@@ -3,6 +3,7 @@
 // stays quick; register_cuda.cpp (compiled by the host compiler) does the ATen side.
 #pragma once
 
+#include <ATen/cuda/PhiloxCudaState.h>  // a plain struct, no tensor headers
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
@@ -58,29 +59,44 @@ inline ReductionPlan plan_reduction(int64_t rows, int64_t features) {
   return {quads_per_block, row_lanes, feature_tiles, chunks, rows_per_chunk};
 }
 
+// CUDA graph capture (csrc/cuda/graph_rng.h): the launchers of the noise ops take an
+// optional device_state, two int64 on the device, [seed, offset]. When it is not null the
+// kernels read (seed, offset) from it on the device (so each replay of a captured graph
+// reads the values that replay's launch_unpack_philox_state wrote) and ignore the seed and
+// offset arguments. Outside capture it is null: the kernels take the arguments as before,
+// one uniform branch at their start, and the noise is the same bits as without it.
+
 void launch_noise_forward(Launch launch, Storage storage, const void* x, const void* sigma,
                           void* y, int64_t numel, int64_t features, uint64_t seed,
-                          uint64_t offset);
+                          uint64_t offset, const int64_t* device_state = nullptr);
 // sums: `features` compute-dtype values. partials: plan.chunks x features of them, or
 // null when plan.chunks == 1. plan: plan_reduction(numel / features, features).
 void launch_noise_backward_sigma(Launch launch, Storage storage, const void* grad, void* sums,
                                  void* partials, const ReductionPlan& plan, int64_t numel,
-                                 int64_t features, uint64_t seed, uint64_t offset);
+                                 int64_t features, uint64_t seed, uint64_t offset,
+                                 const int64_t* device_state = nullptr);
 void launch_pnil_forward(Launch launch, Storage storage, const void* x, const void* weight,
                          const void* bias, void* y, int64_t numel, int64_t features,
-                         uint64_t seed, uint64_t offset);
+                         uint64_t seed, uint64_t offset, const int64_t* device_state = nullptr);
 // sums: 2 x features (grad_w sums, then grad_b sums); partials: 2 x plan.chunks x
 // features, or null when plan.chunks == 1.
 void launch_pnil_backward(Launch launch, Storage storage, const void* grad, const void* x,
                           const void* weight, const void* bias, void* grad_x, void* sums,
                           void* partials, const ReductionPlan& plan, int64_t numel,
-                          int64_t features, uint64_t seed, uint64_t offset);
+                          int64_t features, uint64_t seed, uint64_t offset,
+                          const int64_t* device_state = nullptr);
 void launch_pgd_step(Launch launch, Storage storage, const void* x_adv, const void* grad,
                      const void* x_orig, void* out, int64_t numel, double step_size, double eps,
                      double clip_min, double clip_max);
 void launch_random_start(Launch launch, Storage storage, const void* x, void* out, int64_t numel,
                          double eps, double clip_min, double clip_max, uint64_t seed,
-                         uint64_t offset);
+                         uint64_t offset, const int64_t* device_state = nullptr);
+// Writes [seed, offset] of the spec for one op inside CUDA graph capture into state (two
+// int64 on the device), from torch's generator state `philox` (at::cuda::philox::unpack:
+// the replay's values, read on the device): seed = torch's 64-bit seed with its top bit
+// cleared (the spec's keys are in [0, 2**63)), offset = torch's offset (graph_rng.h).
+void launch_unpack_philox_state(cudaStream_t stream, at::PhiloxCudaState philox,
+                                int64_t* state);
 void launch_philox_words(Launch launch, const int64_t* counters, int64_t* words, int64_t count,
                          uint64_t seed);
 

@@ -33,7 +33,9 @@ FASTNOISE_HD void noise_forward_counter(const T* x, const opmath_t* sigma, T* y,
 template <typename T, typename opmath_t>
 __global__ void noise_forward_kernel(const T* __restrict__ x, const opmath_t* __restrict__ sigma,
                                      T* __restrict__ y, int64_t numel, int64_t features,
-                                     uint64_t seed, uint64_t offset, bool quad, bool quad_sigma) {
+                                     uint64_t seed, uint64_t offset, bool quad, bool quad_sigma,
+                                     const int64_t* __restrict__ device_state) {
+  read_device_state(device_state, seed, offset);
   const int64_t first = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   FeatureCursor cursor(first, stride, features);
@@ -65,7 +67,9 @@ FASTNOISE_HD void noise_grad_row(const T* grad, int64_t row, int64_t f0, int64_t
 template <typename T, typename opmath_t, int kVariant>
 __global__ void noise_backward_kernel(const T* __restrict__ grad, opmath_t* __restrict__ out,
                                       int64_t rows, int64_t features, int64_t rows_per_chunk,
-                                      uint64_t seed, uint64_t offset) {
+                                      uint64_t seed, uint64_t offset,
+                                      const int64_t* __restrict__ device_state) {
+  read_device_state(device_state, seed, offset);
   const int64_t f0 = 4 * (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x);
   const int64_t row_begin = blockIdx.y * rows_per_chunk;
   const int64_t row_end = row_begin + rows_per_chunk < rows ? row_begin + rows_per_chunk : rows;
@@ -82,7 +86,7 @@ __global__ void noise_backward_kernel(const T* __restrict__ grad, opmath_t* __re
 
 void launch_noise_forward(Launch launch, Storage storage, const void* x, const void* sigma,
                           void* y, int64_t numel, int64_t features, uint64_t seed,
-                          uint64_t offset) {
+                          uint64_t offset, const int64_t* device_state) {
   dispatch_storage(storage, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     using opmath_t = typename OpMath<T>::type;
@@ -91,13 +95,14 @@ void launch_noise_forward(Launch launch, Storage storage, const void* x, const v
     noise_forward_kernel<T, opmath_t>
         <<<blocks_for(launch, (numel + 3) / 4), kThreads, 0, launch.stream>>>(
             static_cast<const T*>(x), static_cast<const opmath_t*>(sigma), static_cast<T*>(y),
-            numel, features, seed, offset, quad, quad_sigma);
+            numel, features, seed, offset, quad, quad_sigma, device_state);
   });
 }
 
 void launch_noise_backward_sigma(Launch launch, Storage storage, const void* grad, void* sums,
                                  void* partials, const ReductionPlan& plan, int64_t numel,
-                                 int64_t features, uint64_t seed, uint64_t offset) {
+                                 int64_t features, uint64_t seed, uint64_t offset,
+                                 const int64_t* device_state) {
   dispatch_storage(storage, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     using opmath_t = typename OpMath<T>::type;
@@ -109,7 +114,7 @@ void launch_noise_backward_sigma(Launch launch, Storage storage, const void* gra
       noise_backward_kernel<T, opmath_t, decltype(variant)::value>
           <<<grid, block, 0, launch.stream>>>(static_cast<const T*>(grad), out,
                                               numel / features, features, plan.rows_per_chunk,
-                                              seed, offset);
+                                              seed, offset, device_state);
     });
     if (plan.chunks > 1) {
       launch_sum_partials(launch.stream, out, static_cast<opmath_t*>(sums), 1, plan.chunks,

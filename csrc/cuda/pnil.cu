@@ -38,7 +38,9 @@ template <typename T, typename opmath_t>
 __global__ void pnil_forward_kernel(const T* __restrict__ x, const opmath_t* __restrict__ w,
                                     const opmath_t* __restrict__ b, T* __restrict__ y,
                                     int64_t numel, int64_t features, uint64_t seed,
-                                    uint64_t offset, bool quad, bool quad_params) {
+                                    uint64_t offset, bool quad, bool quad_params,
+                                    const int64_t* __restrict__ device_state) {
+  read_device_state(device_state, seed, offset);
   const int64_t first = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   FeatureCursor cursor(first, stride, features);
@@ -84,7 +86,9 @@ __global__ void pnil_backward_kernel(const T* __restrict__ grad, const T* __rest
                                      const opmath_t* __restrict__ weight,
                                      const opmath_t* __restrict__ bias, T* __restrict__ grad_x,
                                      opmath_t* __restrict__ out, int64_t rows, int64_t features,
-                                     int64_t rows_per_chunk, uint64_t seed, uint64_t offset) {
+                                     int64_t rows_per_chunk, uint64_t seed, uint64_t offset,
+                                     const int64_t* __restrict__ device_state) {
+  read_device_state(device_state, seed, offset);
   const int64_t f0 = 4 * (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x);
   const int64_t row_begin = blockIdx.y * rows_per_chunk;
   const int64_t row_end = row_begin + rows_per_chunk < rows ? row_begin + rows_per_chunk : rows;
@@ -106,7 +110,7 @@ __global__ void pnil_backward_kernel(const T* __restrict__ grad, const T* __rest
 
 void launch_pnil_forward(Launch launch, Storage storage, const void* x, const void* weight,
                          const void* bias, void* y, int64_t numel, int64_t features,
-                         uint64_t seed, uint64_t offset) {
+                         uint64_t seed, uint64_t offset, const int64_t* device_state) {
   dispatch_storage(storage, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     using opmath_t = typename OpMath<T>::type;
@@ -117,14 +121,15 @@ void launch_pnil_forward(Launch launch, Storage storage, const void* x, const vo
         <<<blocks_for(launch, (numel + 3) / 4), kThreads, 0, launch.stream>>>(
             static_cast<const T*>(x), static_cast<const opmath_t*>(weight),
             static_cast<const opmath_t*>(bias), static_cast<T*>(y), numel, features, seed, offset,
-            quad, quad_params);
+            quad, quad_params, device_state);
   });
 }
 
 void launch_pnil_backward(Launch launch, Storage storage, const void* grad, const void* x,
                           const void* weight, const void* bias, void* grad_x, void* sums,
                           void* partials, const ReductionPlan& plan, int64_t numel,
-                          int64_t features, uint64_t seed, uint64_t offset) {
+                          int64_t features, uint64_t seed, uint64_t offset,
+                          const int64_t* device_state) {
   dispatch_storage(storage, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     using opmath_t = typename OpMath<T>::type;
@@ -139,7 +144,7 @@ void launch_pnil_backward(Launch launch, Storage storage, const void* grad, cons
               static_cast<const T*>(grad), static_cast<const T*>(x),
               static_cast<const opmath_t*>(weight), static_cast<const opmath_t*>(bias),
               static_cast<T*>(grad_x), out, numel / features, features, plan.rows_per_chunk,
-              seed, offset);
+              seed, offset, device_state);
     });
     if (plan.chunks > 1) {
       launch_sum_partials(launch.stream, out, static_cast<opmath_t*>(sums), 2, plan.chunks,

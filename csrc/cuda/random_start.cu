@@ -30,7 +30,9 @@ FASTNOISE_HD void random_start_counter(const T* x, T* out, int64_t numel, int64_
 template <typename T, typename opmath_t>
 __global__ void random_start_kernel(const T* __restrict__ x, T* __restrict__ out, int64_t numel,
                                     opmath_t eps, opmath_t lo, opmath_t hi, uint64_t seed,
-                                    uint64_t offset, bool quad) {
+                                    uint64_t offset, bool quad,
+                                    const int64_t* __restrict__ device_state) {
+  read_device_state(device_state, seed, offset);
   FASTNOISE_GRID_STRIDE(counter, (numel + 3) / 4) {
     random_start_counter(x, out, numel, counter, eps, lo, hi, seed, offset, quad);
   }
@@ -40,7 +42,7 @@ __global__ void random_start_kernel(const T* __restrict__ x, T* __restrict__ out
 
 void launch_random_start(Launch launch, Storage storage, const void* x, void* out, int64_t numel,
                          double eps, double clip_min, double clip_max, uint64_t seed,
-                         uint64_t offset) {
+                         uint64_t offset, const int64_t* device_state) {
   dispatch_storage(storage, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     using opmath_t = typename OpMath<T>::type;
@@ -48,7 +50,8 @@ void launch_random_start(Launch launch, Storage storage, const void* x, void* ou
     random_start_kernel<T, opmath_t>
         <<<blocks_for(launch, (numel + 3) / 4), kThreads, 0, launch.stream>>>(
             static_cast<const T*>(x), static_cast<T*>(out), numel, static_cast<opmath_t>(eps),
-            static_cast<opmath_t>(clip_min), static_cast<opmath_t>(clip_max), seed, offset, quad);
+            static_cast<opmath_t>(clip_min), static_cast<opmath_t>(clip_max), seed, offset, quad,
+            device_state);
   });
 }
 

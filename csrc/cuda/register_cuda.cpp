@@ -2,18 +2,22 @@
 // (contiguous) layout, per-feature parameters and output allocation with ATen, then the
 // raw-pointer launchers of kernels.h. Compiled by the host compiler, so nvcc never
 // parses ATen's headers.
+#include <ATen/cuda/CUDAGeneratorImpl.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <limits>
+#include <mutex>
 #include <tuple>
 
 #include "../common.h"
+#include "graph_rng.h"
 #include "kernels.h"
 
 namespace fastnoise {
@@ -45,10 +49,56 @@ Launch current_launch() {
   return {c10::cuda::getCurrentCUDAStream(), sm_count};
 }
 
-at::Tensor noise_forward(const at::Tensor& x_in, const at::Tensor& sigma_in, int64_t seed,
-                         int64_t offset) {
-  check_floating(x_in, "x");
-  check_seed_offset(seed, offset);
+// ---- CUDA graph capture (graph_rng.h) ------------------------------------------------
+
+// The [seed, offset] device state of a captured call: a pointer the kernels read on the
+// device. The ops' plain (seed, offset) overloads pass null instead (see kernels.h).
+const int64_t* device_state_ptr(const at::Tensor& state, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(state.scalar_type() == at::kLong && state.numel() == 2 &&
+                        state.is_contiguous() && state.device() == x.device(),
+                    "device_state must be [seed, offset], two contiguous int64 on ", x.device(),
+                    ", got ", state.scalar_type(), " of shape ", state.sizes(), " on ",
+                    state.device());
+  return state.const_data_ptr<int64_t>();
+}
+
+// graph_rng::CapturedStateFn: undefined outside capture (one cudaStreamIsCapturing query,
+// as torch's philox_cuda_state makes); inside, reserves `counters` Philox counters of the
+// CUDA generator of x's device (the one torch.cuda.graph registers with the graph, so each
+// replay moves its offset on) and launches the kernel that writes this replay's
+// [seed, offset] into a new tensor on x's device.
+at::Tensor captured_state(const at::Tensor& x, int64_t counters) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  if (c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None) {
+    return at::Tensor();
+  }
+  TORCH_CHECK_VALUE(counters >= 0, "counters must be non-negative, got ", counters);
+  auto gen = at::cuda::detail::getDefaultCUDAGenerator(x.device().index());
+  at::PhiloxCudaState philox;
+  {
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    philox = at::check_generator<at::CUDAGeneratorImpl>(gen)->philox_cuda_state(
+        static_cast<uint64_t>(counters));
+  }
+  at::Tensor state = at::empty({2}, x.options().dtype(at::kLong));
+  launch_unpack_philox_state(c10::cuda::getCurrentCUDAStream(), philox,
+                             state.mutable_data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return state;
+}
+
+const bool kCapturedStateSet = [] {
+  graph_rng::set_captured_state_fn(&captured_state);
+  return true;
+}();
+
+// ---- the ops -----------------------------------------------------------------------------
+// Each noise op has one body taking (seed, offset) and an optional device_state pointer:
+// the plain overload passes its checked (seed, offset) and null, the .device_state one
+// (capture only) the tensor's pointer, whose values the kernels read instead.
+
+at::Tensor noise_forward_impl(const at::Tensor& x_in, const at::Tensor& sigma_in, int64_t seed,
+                              int64_t offset, const int64_t* device_state) {
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();  // noise follows the logical (row-major) order
   const at::Tensor sigma = per_sample(sigma_in, x, "sigma");
@@ -56,15 +106,27 @@ at::Tensor noise_forward(const at::Tensor& x_in, const at::Tensor& sigma_in, int
   if (x.numel() == 0) return y;
   launch_noise_forward(current_launch(), storage_of(x), x.const_data_ptr(),
                        sigma.const_data_ptr(), y.mutable_data_ptr(), x.numel(), feature_numel(x),
-                       seed, offset);
+                       seed, offset, device_state);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
 }
 
-at::Tensor noise_backward_sigma(const at::Tensor& grad_in, const at::Tensor& sigma, int64_t seed,
-                                int64_t offset) {
-  check_floating(grad_in, "grad_y");
+at::Tensor noise_forward(const at::Tensor& x, const at::Tensor& sigma, int64_t seed,
+                         int64_t offset) {
+  check_floating(x, "x");
   check_seed_offset(seed, offset);
+  return noise_forward_impl(x, sigma, seed, offset, nullptr);
+}
+
+at::Tensor noise_forward_device(const at::Tensor& x, const at::Tensor& sigma,
+                                const at::Tensor& state) {
+  check_floating(x, "x");
+  return noise_forward_impl(x, sigma, 0, 0, device_state_ptr(state, x));
+}
+
+at::Tensor noise_backward_sigma_impl(const at::Tensor& grad_in, const at::Tensor& sigma,
+                                     int64_t seed, int64_t offset,
+                                     const int64_t* device_state) {
   const c10::cuda::CUDAGuard guard(grad_in.device());
   const at::Tensor grad = grad_in.contiguous();
   per_sample(sigma, grad, "sigma");  // validates sigma against one sample
@@ -79,15 +141,27 @@ at::Tensor noise_backward_sigma(const at::Tensor& grad_in, const at::Tensor& sig
       plan.chunks > 1 ? at::empty({plan.chunks, features}, opmath) : at::Tensor();
   launch_noise_backward_sigma(current_launch(), storage_of(grad), grad.const_data_ptr(),
                               sums.mutable_data_ptr(), data_or_null(partials), plan, grad.numel(),
-                              features, seed, offset);
+                              features, seed, offset, device_state);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return reduce_to_param(sums, grad, sigma);
 }
 
-at::Tensor pnil_forward(const at::Tensor& x_in, const at::Tensor& weight_in,
-                        const at::Tensor& bias_in, int64_t seed, int64_t offset) {
-  check_floating(x_in, "x");
+at::Tensor noise_backward_sigma(const at::Tensor& grad_y, const at::Tensor& sigma, int64_t seed,
+                                int64_t offset) {
+  check_floating(grad_y, "grad_y");
   check_seed_offset(seed, offset);
+  return noise_backward_sigma_impl(grad_y, sigma, seed, offset, nullptr);
+}
+
+at::Tensor noise_backward_sigma_device(const at::Tensor& grad_y, const at::Tensor& sigma,
+                                       const at::Tensor& state) {
+  check_floating(grad_y, "grad_y");
+  return noise_backward_sigma_impl(grad_y, sigma, 0, 0, device_state_ptr(state, grad_y));
+}
+
+at::Tensor pnil_forward_impl(const at::Tensor& x_in, const at::Tensor& weight_in,
+                             const at::Tensor& bias_in, int64_t seed, int64_t offset,
+                             const int64_t* device_state) {
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   const at::Tensor weight = per_sample(weight_in, x, "weight");
@@ -96,17 +170,27 @@ at::Tensor pnil_forward(const at::Tensor& x_in, const at::Tensor& weight_in,
   if (x.numel() == 0) return y;
   launch_pnil_forward(current_launch(), storage_of(x), x.const_data_ptr(),
                       weight.const_data_ptr(), bias.const_data_ptr(), y.mutable_data_ptr(),
-                      x.numel(), feature_numel(x), seed, offset);
+                      x.numel(), feature_numel(x), seed, offset, device_state);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> pnil_backward(
-    const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& weight_in,
-    const at::Tensor& bias_in, int64_t seed, int64_t offset) {
-  check_floating(grad_in, "grad_y");
-  check_floating(x_in, "x");
+at::Tensor pnil_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                        int64_t seed, int64_t offset) {
+  check_floating(x, "x");
   check_seed_offset(seed, offset);
+  return pnil_forward_impl(x, weight, bias, seed, offset, nullptr);
+}
+
+at::Tensor pnil_forward_device(const at::Tensor& x, const at::Tensor& weight,
+                               const at::Tensor& bias, const at::Tensor& state) {
+  check_floating(x, "x");
+  return pnil_forward_impl(x, weight, bias, 0, 0, device_state_ptr(state, x));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pnil_backward_impl(
+    const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& weight_in,
+    const at::Tensor& bias_in, int64_t seed, int64_t offset, const int64_t* device_state) {
   TORCH_CHECK_VALUE(grad_in.sizes() == x_in.sizes(), "grad_y must have the shape of x ",
                     x_in.sizes(), ", got ", grad_in.sizes());
   const c10::cuda::CUDAGuard guard(x_in.device());
@@ -128,9 +212,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pnil_backward(
   launch_pnil_backward(current_launch(), storage_of(x), grad.const_data_ptr(), x.const_data_ptr(),
                        weight.const_data_ptr(), bias.const_data_ptr(), grad_x.mutable_data_ptr(),
                        sums.mutable_data_ptr(), data_or_null(partials), plan, x.numel(), features,
-                       seed, offset);
+                       seed, offset, device_state);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {grad_x, reduce_to_param(sums[0], x, weight_in), reduce_to_param(sums[1], x, bias_in)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pnil_backward(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight,
+    const at::Tensor& bias, int64_t seed, int64_t offset) {
+  check_floating(grad_y, "grad_y");
+  check_floating(x, "x");
+  check_seed_offset(seed, offset);
+  return pnil_backward_impl(grad_y, x, weight, bias, seed, offset, nullptr);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pnil_backward_device(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight,
+    const at::Tensor& bias, const at::Tensor& state) {
+  check_floating(grad_y, "grad_y");
+  check_floating(x, "x");
+  return pnil_backward_impl(grad_y, x, weight, bias, 0, 0, device_state_ptr(state, x));
 }
 
 at::Tensor pgd_step(const at::Tensor& x_adv_in, const at::Tensor& grad_in,
@@ -153,10 +254,9 @@ at::Tensor pgd_step(const at::Tensor& x_adv_in, const at::Tensor& grad_in,
   return out;
 }
 
-at::Tensor random_start(const at::Tensor& x_in, double eps, int64_t seed, int64_t offset,
-                        double clip_min, double clip_max, bool project) {
-  check_floating(x_in, "x");
-  check_seed_offset(seed, offset);
+at::Tensor random_start_impl(const at::Tensor& x_in, double eps, int64_t seed, int64_t offset,
+                             double clip_min, double clip_max, bool project,
+                             const int64_t* device_state) {
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   at::Tensor out = at::empty(x.sizes(), x.options());
@@ -164,9 +264,23 @@ at::Tensor random_start(const at::Tensor& x_in, double eps, int64_t seed, int64_
   const double inf = std::numeric_limits<double>::infinity();
   launch_random_start(current_launch(), storage_of(x), x.const_data_ptr(), out.mutable_data_ptr(),
                       x.numel(), eps, project ? clip_min : -inf, project ? clip_max : inf, seed,
-                      offset);
+                      offset, device_state);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
+}
+
+at::Tensor random_start(const at::Tensor& x, double eps, int64_t seed, int64_t offset,
+                        double clip_min, double clip_max, bool project) {
+  check_floating(x, "x");
+  check_seed_offset(seed, offset);
+  return random_start_impl(x, eps, seed, offset, clip_min, clip_max, project, nullptr);
+}
+
+at::Tensor random_start_device(const at::Tensor& x, double eps, const at::Tensor& state,
+                               double clip_min, double clip_max, bool project) {
+  check_floating(x, "x");
+  return random_start_impl(x, eps, 0, 0, clip_min, clip_max, project,
+                           device_state_ptr(state, x));
 }
 
 at::Tensor philox_words(const at::Tensor& counters_in, int64_t seed) {
@@ -195,4 +309,10 @@ TORCH_LIBRARY_IMPL(fastnoise_C, CUDA, m) {
   m.impl("pgd_step", &fastnoise::cuda::pgd_step);
   m.impl("random_start", &fastnoise::cuda::random_start);
   m.impl("philox_words", &fastnoise::cuda::philox_words);
+  // CUDA graph capture only (graph_rng.h): (seed, offset) read on the device.
+  m.impl("noise_forward.device_state", &fastnoise::cuda::noise_forward_device);
+  m.impl("noise_backward_sigma.device_state", &fastnoise::cuda::noise_backward_sigma_device);
+  m.impl("pnil_forward.device_state", &fastnoise::cuda::pnil_forward_device);
+  m.impl("pnil_backward.device_state", &fastnoise::cuda::pnil_backward_device);
+  m.impl("random_start.device_state", &fastnoise::cuda::random_start_device);
 }
