@@ -232,73 +232,53 @@ Tensor in_layout_of(Tensor out, const Tensor& x) {
 
 // ---- noise injection, Learn2Perturb Eq. (4)-(5): y = x + sigma * z --------------------
 
+// |sigma| for inject_noise.abs: the same law as sigma * z (z is symmetric), for layers whose
+// learnable std may dip below 0 between an optimizer step and its clamp. Only a NaN can
+// fail the check: it is reported as inject_noise reports it.
+Tensor magnitude_of(const Tensor& sigma) {
+  const Tensor magnitude = sigma.abs();
+  check_non_negative(magnitude, "sigma");
+  return magnitude;
+}
+
+// y = x + s * z with s = sigma, or |sigma| when `magnitude` (inject_noise.abs; then
+// grad_sigma = sign(sigma) * sum grad_y * z). z is regenerated in the backward from
+// (seed, offset); only sigma, parameter-sized, is saved.
 class NoiseInjection : public torch::autograd::Function<NoiseInjection> {
  public:
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& sigma, int64_t seed,
-                        int64_t offset) {
+                        int64_t offset, bool magnitude) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    ctx->save_for_backward({sigma});  // parameter-sized: z is regenerated, not stored
-    ctx->saved_data["seed"] = seed;
-    ctx->saved_data["offset"] = offset;
-    return in_layout_of(noise_forward(x, sigma, seed, offset), x);
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    Tensor grad_sigma;
-    if (ctx->needs_input_grad(1)) {
-      const Tensor sigma = ctx->get_saved_variables()[0];
-      grad_sigma = noise_backward_sigma(grads[0], sigma, ctx->saved_data["seed"].toInt(),
-                                        ctx->saved_data["offset"].toInt());
-    }
-    return {grads[0], grad_sigma, Tensor(), Tensor()};  // dy/dx = 1
-  }
-};
-
-// y = x + |sigma| * z: the same law as sigma * z (z is symmetric), for layers whose
-// learnable std may dip below 0 between an optimizer step and its clamp. One op instead
-// of sigma.abs() plus inject_noise: grad_sigma = sign(sigma) * sum grad_y * z.
-class NoiseInjectionAbs : public torch::autograd::Function<NoiseInjectionAbs> {
- public:
-  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& sigma, int64_t seed,
-                        int64_t offset) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    const Tensor magnitude = sigma.abs();
-    check_non_negative(magnitude, "sigma");  // only a NaN fails: say so, as inject_noise does
     ctx->save_for_backward({sigma});
     ctx->saved_data["seed"] = seed;
     ctx->saved_data["offset"] = offset;
-    return in_layout_of(noise_forward(x, magnitude, seed, offset), x);
+    ctx->saved_data["magnitude"] = magnitude;
+    return in_layout_of(noise_forward(x, magnitude ? magnitude_of(sigma) : sigma, seed, offset),
+                        x);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     Tensor grad_sigma;
-    if (ctx->needs_input_grad(1)) {
+    if (ctx->needs_input_grad(1)) {  // false for a number sigma (a filled 0-d tensor)
       const Tensor sigma = ctx->get_saved_variables()[0];
       grad_sigma = noise_backward_sigma(grads[0], sigma, ctx->saved_data["seed"].toInt(),
-                                        ctx->saved_data["offset"].toInt())
-                       .mul_(sigma.sgn());
+                                        ctx->saved_data["offset"].toInt());
+      if (ctx->saved_data["magnitude"].toBool()) grad_sigma.mul_(sigma.sgn());
     }
-    return {grads[0], grad_sigma, Tensor(), Tensor()};
+    return {grads[0], grad_sigma, Tensor(), Tensor(), Tensor()};  // dy/dx = 1
   }
 };
 
-// Noise injection inside CUDA graph capture: NoiseInjection (magnitude false; also the
-// number-sigma op, whose 0-d sigma needs no gradient) or NoiseInjectionAbs (magnitude
-// true) with (seed, offset) read on the device from `state`, which is saved for the
-// backward in place of the two integers.
+// NoiseInjection inside CUDA graph capture: (seed, offset) read on the device from
+// `state`, which is saved for the backward in place of the two integers.
 class CapturedNoiseInjection : public torch::autograd::Function<CapturedNoiseInjection> {
  public:
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& sigma,
                         const Tensor& state, bool magnitude) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    Tensor scale = sigma;
-    if (magnitude) {
-      scale = sigma.abs();
-      check_non_negative(scale, "sigma");
-    }
     ctx->save_for_backward({sigma, state});
     ctx->saved_data["magnitude"] = magnitude;
-    return in_layout_of(noise_forward_dev(x, scale, state), x);
+    return in_layout_of(noise_forward_dev(x, magnitude ? magnitude_of(sigma) : sigma, state), x);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -312,50 +292,27 @@ class CapturedNoiseInjection : public torch::autograd::Function<CapturedNoiseInj
   }
 };
 
+// The Autograd-key kernels: the capture state when capturing, else the host's seed.
+Tensor inject_with_autograd(const Tensor& x, const Tensor& sigma, std::optional<int64_t> seed,
+                            int64_t offset, bool magnitude) {
+  if (const Tensor state = captured_state(x, seed, offset); state.defined()) {
+    return CapturedNoiseInjection::apply(x, sigma, state, magnitude);
+  }
+  return NoiseInjection::apply(x, sigma, seed_or_draw(seed, offset), offset, magnitude);
+}
+
+// Below autograd (inference_mode): the kernel alone, with the same choice of (seed, offset).
+Tensor inject_below_autograd(const Tensor& x, const Tensor& scale, std::optional<int64_t> seed,
+                             int64_t offset) {
+  if (const Tensor state = captured_state(x, seed, offset); state.defined()) {
+    return in_layout_of(noise_forward_dev(x, scale, state), x);
+  }
+  return in_layout_of(noise_forward(x, scale, seed_or_draw(seed, offset), offset), x);
+}
+
 void check_inject(const Tensor& x, const Tensor& sigma) {
   check_input(x);
   check_param(sigma, "sigma", x);
-  check_non_negative(sigma, "sigma");
-}
-
-Tensor inject_noise_autograd(const Tensor& x, const Tensor& sigma, std::optional<int64_t> seed,
-                             int64_t offset) {
-  check_inject(x, sigma);
-  if (const Tensor state = captured_state(x, seed, offset); state.defined()) {
-    return CapturedNoiseInjection::apply(x, sigma, state, false);
-  }
-  return NoiseInjection::apply(x, sigma, seed_or_draw(seed, offset), offset);
-}
-
-Tensor inject_noise_abs_autograd(const Tensor& x, const Tensor& sigma,
-                                 std::optional<int64_t> seed, int64_t offset) {
-  check_input(x);
-  check_param(sigma, "sigma", x);
-  if (const Tensor state = captured_state(x, seed, offset); state.defined()) {
-    return CapturedNoiseInjection::apply(x, sigma, state, true);
-  }
-  return NoiseInjectionAbs::apply(x, sigma, seed_or_draw(seed, offset), offset);
-}
-
-Tensor inject_noise_abs_plain(const Tensor& x, const Tensor& sigma, std::optional<int64_t> seed,
-                              int64_t offset) {
-  check_input(x);
-  check_param(sigma, "sigma", x);
-  const Tensor magnitude = sigma.abs();
-  check_non_negative(magnitude, "sigma");
-  if (const Tensor state = captured_state(x, seed, offset); state.defined()) {
-    return in_layout_of(noise_forward_dev(x, magnitude, state), x);
-  }
-  return in_layout_of(noise_forward(x, magnitude, seed_or_draw(seed, offset), offset), x);
-}
-
-Tensor inject_noise_plain(const Tensor& x, const Tensor& sigma, std::optional<int64_t> seed,
-                          int64_t offset) {
-  check_inject(x, sigma);
-  if (const Tensor state = captured_state(x, seed, offset); state.defined()) {
-    return in_layout_of(noise_forward_dev(x, sigma, state), x);
-  }
-  return in_layout_of(noise_forward(x, sigma, seed_or_draw(seed, offset), offset), x);
 }
 
 // A float sigma becomes a 0-d tensor on x's device with a fill, not a host-to-device copy:
@@ -368,35 +325,40 @@ Tensor filled_sigma(const Tensor& x, double sigma) {
   return at::full({}, sigma, x.options().dtype(opmath));
 }
 
-class NoiseInjectionScalar : public torch::autograd::Function<NoiseInjectionScalar> {
- public:
-  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& sigma, int64_t seed,
-                        int64_t offset) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return in_layout_of(noise_forward(x, sigma, seed, offset), x);
-  }
+Tensor inject_noise_autograd(const Tensor& x, const Tensor& sigma, std::optional<int64_t> seed,
+                             int64_t offset) {
+  check_inject(x, sigma);
+  check_non_negative(sigma, "sigma");
+  return inject_with_autograd(x, sigma, seed, offset, false);
+}
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return {grads[0], Tensor(), Tensor(), Tensor()};  // a number sigma has no gradient
-  }
-};
+Tensor inject_noise_plain(const Tensor& x, const Tensor& sigma, std::optional<int64_t> seed,
+                          int64_t offset) {
+  check_inject(x, sigma);
+  check_non_negative(sigma, "sigma");
+  return inject_below_autograd(x, sigma, seed, offset);
+}
+
+Tensor inject_noise_abs_autograd(const Tensor& x, const Tensor& sigma,
+                                 std::optional<int64_t> seed, int64_t offset) {
+  check_inject(x, sigma);
+  return inject_with_autograd(x, sigma, seed, offset, true);
+}
+
+Tensor inject_noise_abs_plain(const Tensor& x, const Tensor& sigma, std::optional<int64_t> seed,
+                              int64_t offset) {
+  check_inject(x, sigma);
+  return inject_below_autograd(x, magnitude_of(sigma), seed, offset);
+}
 
 Tensor inject_noise_scalar_autograd(const Tensor& x, double sigma, std::optional<int64_t> seed,
                                     int64_t offset) {
-  const Tensor s = filled_sigma(x, sigma);
-  if (const Tensor state = captured_state(x, seed, offset); state.defined()) {
-    return CapturedNoiseInjection::apply(x, s, state, false);
-  }
-  return NoiseInjectionScalar::apply(x, s, seed_or_draw(seed, offset), offset);
+  return inject_with_autograd(x, filled_sigma(x, sigma), seed, offset, false);
 }
 
 Tensor inject_noise_scalar_plain(const Tensor& x, double sigma, std::optional<int64_t> seed,
                                  int64_t offset) {
-  const Tensor s = filled_sigma(x, sigma);
-  if (const Tensor state = captured_state(x, seed, offset); state.defined()) {
-    return in_layout_of(noise_forward_dev(x, s, state), x);
-  }
-  return in_layout_of(noise_forward(x, s, seed_or_draw(seed, offset), offset), x);
+  return inject_below_autograd(x, filled_sigma(x, sigma), seed, offset);
 }
 
 // ---- PNIL, Eq. (2)-(3): y = x + z * exp((x * W + B) / 2) -------------------------------
