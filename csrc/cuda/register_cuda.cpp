@@ -129,7 +129,7 @@ at::Tensor noise_backward_sigma_impl(const at::Tensor& grad_in, const at::Tensor
                                      const int64_t* device_state) {
   const c10::cuda::CUDAGuard guard(grad_in.device());
   const at::Tensor grad = grad_in.contiguous();
-  per_sample(sigma, grad, "sigma");  // validates sigma against one sample
+  check_per_feature(sigma, grad, "sigma");  // validates; the backward never reads sigma
   if (grad.numel() == 0) return at::zeros(sigma.sizes(), sigma.options());
   const int64_t features = feature_numel(grad);
   // Per-chunk partial sums, then their sum in a fixed order: no atomics, so the same bits
