@@ -57,9 +57,14 @@ TAIL_CHARS = 3000  # output kept in the JSON per command; the .log has all of it
 ALWAYS = ("env", "setup")
 
 # The GPU tests: test_triton.py runs on CUDA when there is one; the CUDA-only tests are
-# named cuda/gpu. The nvcc compile test is left out: the extension step builds the same
-# library (a second full build would cost minutes).
-TEST_SELECTION = "(test_triton or cuda or gpu) and not test_cuda_sources_compile_and_register"
+# named cuda/gpu. Left out: the nvcc compile test (the extension step builds the same
+# library; a second full build would cost minutes) and the CPU-only modules the names
+# also match (the sm_90 AOT compile of test_triton_aot.py alone takes minutes; CI runs it).
+TEST_SELECTION = (
+    "(test_triton or cuda or gpu) and not test_cuda_sources_compile_and_register"
+    " and not test_triton_aot and not test_gpu_check_script"
+)
+TEST_WORKERS = 6  # pytest-xdist processes when it is installed and the CPUs allow
 L2P_IMAGES = 10_000  # ~10-60 s per side on an H100: 79 batches of 128, PGD-7 each
 
 
@@ -110,6 +115,14 @@ def _pytest(*args: str) -> list[str]:
     return [sys.executable, "-m", "pytest", *args, "-q", "-p", "no:cacheprovider"]
 
 
+def _parallel() -> list[str]:
+    """``-n N`` for pytest-xdist where it is installed and there are CPUs to spare: the
+    Triton tests spend most of their time compiling kernels, one CPU each."""
+    if importlib.util.find_spec("xdist") is None or (os.cpu_count() or 1) < 2 * TEST_WORKERS:
+        return []
+    return ["-n", str(TEST_WORKERS)]
+
+
 def output_paths(out: Path) -> dict[str, Path]:
     stem = out.with_suffix("")
     return {
@@ -125,6 +138,7 @@ def build_plan(out: Path) -> list[Step]:
     paths = output_paths(out)
     py = sys.executable
     xml = paths["tests_xml"]
+    tests = ["tests", "-k", TEST_SELECTION, *_parallel()]
     overhead = [str(HERE / "test_bench_overhead.py"), "--benchmark-only", "-k", "cuda"]
     overhead.append(f"--benchmark-json={paths['overhead_json']}")
     return [
@@ -143,7 +157,7 @@ def build_plan(out: Path) -> list[Step]:
         Step(
             "tests",
             "pytest: the GPU tests of tests/",
-            [Command("pytest", _pytest("tests", "-k", TEST_SELECTION, f"--junitxml={xml}"), 240)],
+            [Command("pytest", _pytest(*tests, f"--junitxml={xml}"), 240)],
         ),
         Step(
             "graph",

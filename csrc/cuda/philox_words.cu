@@ -1,6 +1,8 @@
 // The raw Philox4x32-10 words of given counters on the device: the spec test of philox.h.
 // Also the one kernel of CUDA graph capture that reads torch's generator state (see
 // launch_unpack_philox_state in kernels.h).
+#include <tuple>  // before PhiloxUtils: torch 2.11's UnpackRaw.cuh uses std::tuple unincluded
+
 #include <ATen/cuda/PhiloxUtils.cuh>  // at::cuda::philox::unpack: header-only, no tensors
 
 #include "../philox.h"
