@@ -150,7 +150,7 @@ Tensor captured_state(const Tensor& x, const std::optional<int64_t>& seed, int64
   const auto fn = graph_rng::captured_state_fn.load(std::memory_order_acquire);
   if (fn == nullptr) return Tensor();
   TORCH_CHECK_VALUE(offset >= 0, "offset must be in [0, 2**63), got ", offset);
-  return fn(x, (x.numel() + 3) / 4);
+  return fn(x, (x.numel() + 3) / 4, /*any_time=*/false);
 }
 
 // ---- checks: the messages of fastnoise/_validation.py ----------------------------------
@@ -188,10 +188,12 @@ bool all_non_negative(const T* p, int64_t n) {
   return ok;
 }
 
-// On the CPU a parameter-sized loop raises at once; on an accelerator the check is an
-// async assert, so the forward never waits on the device.
+// On the CPU a parameter-sized loop raises at once. On CUDA the forward kernel asserts it
+// on the device as it reads sigma (cuda/noise.cu), so the call waits on nothing and
+// launches nothing more (a separate ge/all/_assert_async was three more launches, most of
+// a small call's cost); another accelerator gets an async assert.
 void check_non_negative(const Tensor& t, const char* name) {
-  if (t.numel() == 0 || t.is_meta()) return;
+  if (t.numel() == 0 || t.is_meta() || t.is_cuda()) return;
   if (t.is_cpu()) {
     bool ok;
     if (t.is_contiguous() && t.scalar_type() == at::kFloat) {
@@ -455,16 +457,22 @@ Tensor random_start_no_graph(const Tensor& x, double eps, int64_t seed, int64_t 
   return op.call(x, eps, seed, offset, clip_min, clip_max, project);
 }
 
+// The random start with (seed, offset) read on the device from `state`.
+Tensor random_start_dev(const Tensor& x, double eps, const Tensor& state, double clip_min,
+                        double clip_max, bool project) {
+  static const auto op = backend_overload<Tensor(const Tensor&, double, const Tensor&, double,
+                                                 double, bool)>("fastnoise_C::random_start");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(x, eps, state, clip_min, clip_max, project);
+}
+
 // PGD's random start with the seed drawn here when None (the public random_start).
 Tensor random_start_draw(const Tensor& x, double eps, std::optional<int64_t> seed,
                          int64_t offset, double clip_min, double clip_max, bool project) {
   // !(eps >= 0) also rejects NaN
   TORCH_CHECK_VALUE(eps >= 0, "eps must be a non-negative number, got ", eps);
   if (const Tensor state = captured_state(x, seed, offset); state.defined()) {
-    static const auto op = backend_overload<Tensor(const Tensor&, double, const Tensor&, double,
-                                                   double, bool)>("fastnoise_C::random_start");
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(x, eps, state, clip_min, clip_max, project);
+    return random_start_dev(x, eps, state, clip_min, clip_max, project);
   }
   return random_start_no_graph(x, eps, seed_or_draw(seed, offset), offset, clip_min, clip_max,
                                project);
@@ -475,10 +483,14 @@ Tensor random_start_draw(const Tensor& x, double eps, std::optional<int64_t> see
 // not recompile (the contract of fastnoise/_ops.py, whose custom ops these replace on the
 // extension's devices: the graph then calls C++ with no Python in between).
 
+// A state on x's device (fresh_rng_state on CUDA) is read there by the .device_state
+// kernels, which check it; a CPU one is read here.
+bool on_device(const Tensor& rng_state) { return !rng_state.is_cpu(); }
+
 std::pair<int64_t, int64_t> unpack_rng_state(const Tensor& rng_state) {
   TORCH_CHECK_VALUE(rng_state.is_cpu() && rng_state.scalar_type() == at::kLong &&
                         rng_state.numel() == 2,
-                    "rng_state must be [seed, offset], two int64 on the CPU, got ",
+                    "rng_state must be [seed, offset], two int64 on the CPU or x's device, got ",
                     rng_state.scalar_type(), " of shape ", rng_state.sizes(), " on ",
                     rng_state.device());
   const Tensor values = rng_state.contiguous();
@@ -507,9 +519,18 @@ c10::TypedOperatorHandle<Signature> overload(const char* name, const char* overl
 }
 
 // A fresh [seed, offset] for a compiled graph, drawn as seed=None draws it: one C++ call
-// instead of a traced torch.randint plus a cat. x only routes the dispatch (fake tensors
-// under tracing reach the fake kernel); the state is always on the CPU.
+// instead of a traced torch.randint plus a cat. On the CPU (fake tensors under tracing
+// reach the fake kernel) it is a CPU tensor. On CUDA it is the device state of capture
+// (cuda/graph_rng.h), at any time: a compiled graph then holds no CPU tensor, so inductor
+// can capture it with CUDA graphs, and each replay draws fresh noise; as in capture, the
+// offset is checked and otherwise unused.
 Tensor fresh_rng_state(const Tensor& x, int64_t offset) {
+  if (x.is_cuda()) {
+    const auto fn = graph_rng::captured_state_fn.load(std::memory_order_acquire);
+    TORCH_CHECK(fn != nullptr, "fresh_rng_state: this fastnoise_C build has no CUDA kernels");
+    TORCH_CHECK_VALUE(offset >= 0, "offset must be in [0, 2**63), got ", offset);
+    return fn(x, (x.numel() + 3) / 4, /*any_time=*/true);
+  }
   const int64_t seed = seed_or_draw(std::nullopt, offset);
   Tensor state = at::empty({2}, at::TensorOptions().dtype(at::kLong));
   state.mutable_data_ptr<int64_t>()[0] = seed;
@@ -519,12 +540,14 @@ Tensor fresh_rng_state(const Tensor& x, int64_t offset) {
 
 Tensor inject_noise_state_plain(const Tensor& x, const Tensor& sigma, const Tensor& rng_state) {
   check_non_negative(sigma, "sigma");
+  if (on_device(rng_state)) return in_layout_of(noise_forward_dev(x, sigma, rng_state), x);
   const auto [seed, offset] = unpack_rng_state(rng_state);
   return in_layout_of(noise_forward(x, sigma, seed, offset), x);
 }
 
 Tensor noise_backward_sigma_state(const Tensor& grad_y, const Tensor& sigma,
                                   const Tensor& rng_state) {
+  if (on_device(rng_state)) return noise_backward_sigma_dev(grad_y, sigma, rng_state);
   const auto [seed, offset] = unpack_rng_state(rng_state);
   return noise_backward_sigma(grad_y, sigma, seed, offset);
 }
@@ -559,6 +582,7 @@ Tensor inject_noise_state_autograd(const Tensor& x, const Tensor& sigma,
 
 Tensor pnil_state_plain(const Tensor& x, const Tensor& weight, const Tensor& bias,
                         const Tensor& rng_state) {
+  if (on_device(rng_state)) return in_layout_of(pnil_forward_dev(x, weight, bias, rng_state), x);
   const auto [seed, offset] = unpack_rng_state(rng_state);
   return in_layout_of(pnil_forward(x, weight, bias, seed, offset), x);
 }
@@ -566,6 +590,10 @@ Tensor pnil_state_plain(const Tensor& x, const Tensor& weight, const Tensor& bia
 std::tuple<Tensor, Tensor, Tensor> pnil_backward_state(const Tensor& grad_y, const Tensor& x,
                                                        const Tensor& weight, const Tensor& bias,
                                                        const Tensor& rng_state) {
+  if (on_device(rng_state)) {
+    auto [gx, gw, gb] = pnil_backward_dev(grad_y, x, weight, bias, rng_state);
+    return {in_layout_of(gx, x), gw, gb};
+  }
   const auto [seed, offset] = unpack_rng_state(rng_state);
   auto [gx, gw, gb] = pnil_backward(grad_y, x, weight, bias, seed, offset);
   return {in_layout_of(gx, x), gw, gb};
@@ -606,8 +634,11 @@ Tensor pgd_step_state(const Tensor& x_adv, const Tensor& grad, const Tensor& x_o
 
 Tensor random_start_state(const Tensor& x, const Tensor& rng_state, const Tensor& bounds,
                           bool project) {
-  const auto [seed, offset] = unpack_rng_state(rng_state);
   const Bounds b = unpack_bounds(bounds);
+  if (on_device(rng_state)) {
+    return random_start_dev(x, b.eps, rng_state, b.clip_min, b.clip_max, project);
+  }
+  const auto [seed, offset] = unpack_rng_state(rng_state);
   return random_start_no_graph(x, b.eps, seed, offset, b.clip_min, b.clip_max, project);
 }
 

@@ -271,8 +271,12 @@ def _register_compile_path_fakes() -> None:
     def like(t: torch.Tensor) -> torch.Tensor:
         return torch.empty_like(t, memory_format=torch.contiguous_format)
 
+    def state_on(x: torch.Tensor) -> torch.device:
+        """Where fresh_rng_state's [seed, offset] lives: x's device on CUDA, else the CPU."""
+        return x.device if x.device.type == "cuda" else torch.device("cpu")
+
     fakes = {
-        "fresh_rng_state": lambda x, offset: torch.empty(2, dtype=torch.int64, device="cpu"),
+        "fresh_rng_state": lambda x, offset: torch.empty(2, dtype=torch.int64, device=state_on(x)),
         "inject_noise": lambda x, sigma, seed, offset: like_input(x),
         "inject_noise.scalar": lambda x, sigma, seed, offset: like_input(x),
         "inject_noise.abs": lambda x, sigma, seed, offset: like_input(x),

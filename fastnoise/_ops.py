@@ -37,10 +37,27 @@ def make_rng_state(seed: int | Tensor | None, offset: int) -> Tensor:
         if torch.compiler.is_compiling():
             seed = torch.randint(0, rng.SEED_LIMIT - 1, (1,), dtype=torch.int64)  # as draw_seed
         else:
+            _refuse_host_seed_in_capture()
             seed = rng.draw_seed()
     if isinstance(seed, Tensor):
         return torch.cat([seed.reshape(1).to(torch.int64), torch.tensor([offset])])
     return torch.tensor([seed, offset], dtype=torch.int64)
+
+
+CAPTURE_NEEDS_DEVICE_SEEDS = (
+    "seed=None inside CUDA graph capture: this backend takes its seed from the host, so "
+    "the graph would replay one seed forever (the same noise every replay). The 'cuda' "
+    "backend (fastnoise's C++/CUDA kernels, which 'auto' picks when they are built) draws "
+    "a fresh seed on the device at every replay; use it, or pass seed= and offset= and "
+    "vary them yourself"
+)
+
+
+def _refuse_host_seed_in_capture() -> None:
+    """A host-drawn seed inside CUDA graph capture would be frozen into the graph: refuse
+    it rather than replay the same noise. Free unless CUDA was initialized."""
+    if torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(CAPTURE_NEEDS_DEVICE_SEEDS)
 
 
 def make_bounds(step_size: float, eps: float, clip_min: float, clip_max: float) -> Tensor:

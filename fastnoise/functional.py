@@ -74,7 +74,10 @@ class _CompiledOps(NamedTuple):
     fresh_rng_state: object
 
     def rng_state(self, x: torch.Tensor, seed, offset: int) -> torch.Tensor:
-        """seed=None: a fresh seed drawn in C++ at run time, as the eager path draws it."""
+        """seed=None: a fresh state drawn in C++ at run time. On the CPU it is the eager
+        path's draw; on CUDA it is a device tensor from torch's CUDA generator, as in CUDA
+        graph capture, so the graph holds no CPU tensor and mode="reduce-overhead" can
+        capture it (the offset is then unused, as in capture)."""
         if seed is None:
             return self.fresh_rng_state(x, offset)
         return _ops.make_rng_state(seed, offset)

@@ -392,6 +392,50 @@ def test_cuda_nan_inputs_stay_nan_as_in_the_reference(dtype):
     check_nan_inputs_stay_nan(cuda, dtype, device="cuda")
 
 
+SIGMA_CHECK_SCRIPT = """
+import sys, torch, fastnoise
+from fastnoise import functional as F
+fastnoise.set_backend("cuda")
+x = torch.rand(4, 8, device="cuda")
+sigma = torch.full((8,), 0.5, device="cuda")
+sigma[int(sys.argv[2])] = float(sys.argv[1])
+abs_sigma = sys.argv[3] == "abs"
+y = F.inject_noise_abs(x, sigma) if abs_sigma else F.inject_noise(x, sigma)
+torch.cuda.synchronize()
+print("no error", flush=True)
+"""
+
+
+@needs_cuda_kernels
+@pytest.mark.parametrize(
+    "bad,op", [("nan", "plain"), ("-0.1", "plain"), ("nan", "abs")], ids=["nan", "neg", "abs-nan"]
+)
+def test_cuda_forward_refuses_a_bad_sigma_on_the_device(bad, op):
+    """The CUDA forward checks sigma >= 0 (and not NaN) in the kernel as it reads it, in
+    place of three extra launches: a device-side assert that names sigma. In a child
+    process, as a device assert ends the CUDA context."""
+    import subprocess
+    import sys
+
+    for where in (0, 7):  # the first and the last feature
+        done = subprocess.run(
+            [sys.executable, "-c", SIGMA_CHECK_SCRIPT, bad, str(where), op],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        output = done.stdout + done.stderr  # the device's message may land on either
+        assert done.returncode != 0 and "no error" not in done.stdout, output[-2000:]
+        assert "sigma must be non-negative and not NaN" in output, output[-2000:]
+    good = subprocess.run(
+        [sys.executable, "-c", SIGMA_CHECK_SCRIPT, "-0.1", "3", "abs"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert good.returncode == 0 and "no error" in good.stdout, good.stderr[-2000:]  # |-0.1|
+
+
 @needs_cuda_kernels
 def test_cuda_words_and_normals_match_spec():
     from fastnoise._backends import cuda

@@ -19,6 +19,8 @@ What the tests check:
   with the (seed, offset) read back from the saved device tensors, and those states are
   in the spec's range, disjoint within a replay and moved on between replays;
 - a negative offset is still refused inside capture;
+- ``torch.compile(mode="reduce-overhead")`` captures a noisy model and draws fresh
+  noise on every replay (the compiled path's seed=None state is a device tensor);
 - outside capture, seed=None on CUDA still draws what ``rng.draw_seed()`` draws.
 
 GPU only: skipped without a GPU or without the extension's CUDA kernels.
@@ -103,6 +105,34 @@ def test_replays_of_a_noisy_model_draw_fresh_noise(mode):
     for a, b in ((first, second), (second, third), (first, third)):
         assert (a - b).abs().max() > 1e-2
         assert not torch.isclose(a, b).all()
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "grad"])
+def test_reduce_overhead_compile_captures_and_draws_fresh_noise(mode):
+    """torch.compile(mode="reduce-overhead") captures the noisy model in a CUDA graph (its
+    seed=None state is a device tensor, not a CPU one) and each replay draws new noise."""
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(
+        nn.PNIL((3, 8, 8), bias_init=-2.0),
+        torch.nn.Conv2d(3, 4, 3, padding=1),
+        nn.PerturbationInjection((4, 8, 8), init=0.5),
+    ).cuda()
+    x = torch.rand(2, 3, 8, 8, device="cuda")
+    compiled = torch.compile(model, mode="reduce-overhead", fullgraph=True)
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    outputs = []
+    with MODES[mode]():
+        for _ in range(5):  # warm-up, record, then replays
+            torch.compiler.cudagraph_mark_step_begin()
+            outputs.append(compiled(x).detach().clone())
+    assert counters["inductor"]["cudagraph_skips"] == 0  # inductor's count of refusals
+    manager = torch._inductor.cudagraph_trees.get_manager(0, create_if_none_exists=False)
+    assert manager is not None and any(manager.roots.values()), "nothing was captured"
+    for a, b in itertools.pairwise(outputs[2:]):
+        assert torch.isfinite(a).all()
+        assert (a - b).abs().max() > 1e-2  # fresh noise on every replay
 
 
 def test_captured_draws_are_standard_normal_and_independent_across_replays_and_calls():
@@ -244,6 +274,23 @@ def test_captured_backward_matches_eager_with_the_saved_device_state():
         (shift,) = shifts
         assert shift >= sum(counters)  # so no replay's ranges overlap another's
     assert not torch.equal(replays[0][2][3], replays[1][2][3])  # fresh noise: new grad_theta
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_host_seeded_backends_refuse_seed_none_inside_capture(backend):
+    """Triton and the reference take their seed from the host: captured, it would replay
+    one seed forever (seen on an H100: the same noise on every replay). They refuse."""
+    from fastnoise import backends
+
+    if not {b.name: b.available for b in backends()}[backend]:
+        pytest.skip(f"the {backend} backend is not available here")
+    x = torch.rand(2, 8, device="cuda")
+    with use_backend(backend):
+        _warm_up(lambda: F.inject_noise(x, 0.5, seed=1))
+        graph = torch.cuda.CUDAGraph()
+        with pytest.raises(RuntimeError, match="seed=None inside CUDA graph capture"):
+            with torch.no_grad(), torch.cuda.graph(graph):
+                F.inject_noise(x, 0.5)
 
 
 def test_a_negative_offset_is_refused_inside_capture():

@@ -305,6 +305,20 @@ def test_compiled_seed_none_draws_what_eager_draws():
     assert not torch.equal(got[0][0], got[1][0])
 
 
+def test_compiled_fresh_state_lives_on_the_cuda_device():
+    """Traced on CUDA (fake tensors: no GPU needed), a compiled graph's seed=None state is
+    a device tensor, so the graph holds no CPU tensor and reduce-overhead can capture it
+    (a CPU state was the "Non cuda output" that stopped capture on an H100); on the CPU it
+    stays a CPU tensor the kernels read on the host."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        on_gpu = torch.ops.fastnoise_C.fresh_rng_state(torch.empty(2, 3, device="cuda"), 0)
+        on_cpu = torch.ops.fastnoise_C.fresh_rng_state(torch.empty(2, 3), 0)
+    assert on_gpu.device.type == "cuda" and on_gpu.dtype == torch.int64 and on_gpu.shape == (2,)
+    assert on_cpu.device.type == "cpu"
+
+
 def test_inject_noise_abs_is_inject_noise_of_abs(seed_offset):
     """PerturbationInjection's fused |theta| (one op) against sigma.abs() + inject_noise:
     same values, gradient sign(theta) * d/d|theta| (0 at 0, as abs' is), NaN refused."""

@@ -164,3 +164,17 @@ def test_seed_tensor_validation():
         fastnoise.inject_noise(x, 0.1, seed=torch.tensor(-1))
     y = fastnoise.inject_noise(x, 0.1, seed=torch.tensor(7))
     torch.testing.assert_close(y, fastnoise.inject_noise(x, 0.1, seed=7))
+
+
+def test_a_host_seed_is_refused_inside_cuda_graph_capture(monkeypatch):
+    """seed=None on a backend whose seed comes from the host (here the reference) would be
+    baked into a captured CUDA graph: refused with a message that names the fix. Capture
+    is faked (no GPU here); tests/test_cuda_graphs.py checks it on a GPU."""
+    x = torch.rand(2, 3)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    with fastnoise.use_backend("torch"):
+        with pytest.raises(RuntimeError, match="seed=None inside CUDA graph capture"):
+            fastnoise.inject_noise(x, 0.5)
+        fastnoise.inject_noise(x, 0.5, seed=3)  # an explicit seed is the user's to vary
+    assert "'cuda' backend" in _ops.CAPTURE_NEEDS_DEVICE_SEEDS

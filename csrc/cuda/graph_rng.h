@@ -20,6 +20,10 @@
 // seed, and a captured seed=None call has none (adding it would let a call's counters run
 // into the next call's range). An eager call with the (seed, offset) read back from the
 // tensor draws the same noise.
+//
+// torch.compile on CUDA uses the same device state outside capture too (fresh_rng_state in
+// front_door.cpp): a compiled graph then has no CPU tensor among its ops' inputs or
+// outputs, so mode="reduce-overhead" can capture it, and each replay draws fresh noise.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -29,9 +33,11 @@
 namespace fastnoise {
 namespace graph_rng {
 
-// [seed, offset] on x's device while x's current stream is capturing, reserving
-// `counters` Philox counters; an undefined tensor when it is not capturing.
-using CapturedStateFn = at::Tensor (*)(const at::Tensor& x, int64_t counters);
+// [seed, offset] on x's device, reserving `counters` Philox counters of its CUDA
+// generator: while x's current stream is capturing, or at any time when `any_time` (the
+// torch.compile path, whose graphs inductor may capture with CUDA graphs itself); else an
+// undefined tensor.
+using CapturedStateFn = at::Tensor (*)(const at::Tensor& x, int64_t counters, bool any_time);
 
 // Set once by the CUDA build at load time (register_cuda.cpp); null in a CPU-only build.
 // Defined in front_door.cpp.

@@ -1,6 +1,8 @@
 // Learn2Perturb noise injection kernels: forward y = x + sigma * z (Eq. (4)-(5)), and the
 // sums of grad_y * z over the batch for grad_sigma, z regenerated from (seed, offset).
 // The sums are per-block partials in a fixed order (no atomics): the same bits every run.
+#include <cassert>  // __assert_fail, which CUDA also provides on the device
+
 #include "../philox.h"
 #include "device_utils.h"
 
@@ -25,6 +27,10 @@ FASTNOISE_HD void noise_forward_counter(const T* x, const opmath_t* sigma, T* y,
   cursor.gather(sigma, quad_sigma, s);
 #pragma unroll
   for (int lane = 0; lane < 4; ++lane) {
+    // The front door's sigma >= 0 check, here instead of three more launches (NaN fails).
+    if (!(s[lane] >= opmath_t(0))) {
+      __assert_fail("sigma must be non-negative and not NaN", __FILE__, __LINE__, __func__);
+    }
     yv[lane] = xv[lane] + s[lane] * static_cast<opmath_t>(z[lane]);
   }
   store_elements(y + i, n, quad, yv);

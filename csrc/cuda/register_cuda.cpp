@@ -62,14 +62,15 @@ const int64_t* device_state_ptr(const at::Tensor& state, const at::Tensor& x) {
   return state.const_data_ptr<int64_t>();
 }
 
-// graph_rng::CapturedStateFn: undefined outside capture (one cudaStreamIsCapturing query,
-// as torch's philox_cuda_state makes); inside, reserves `counters` Philox counters of the
+// graph_rng::CapturedStateFn: undefined outside capture unless `any_time` (one
+// cudaStreamIsCapturing query, as torch's philox_cuda_state makes); else reserves `counters` Philox counters of the
 // CUDA generator of x's device (the one torch.cuda.graph registers with the graph, so each
 // replay moves its offset on) and launches the kernel that writes this replay's
 // [seed, offset] into a new tensor on x's device.
-at::Tensor captured_state(const at::Tensor& x, int64_t counters) {
+at::Tensor captured_state(const at::Tensor& x, int64_t counters, bool any_time) {
   const c10::cuda::CUDAGuard guard(x.device());
-  if (c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None) {
+  if (!any_time &&
+      c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None) {
     return at::Tensor();
   }
   TORCH_CHECK_VALUE(counters >= 0, "counters must be non-negative, got ", counters);
