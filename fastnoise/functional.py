@@ -93,7 +93,9 @@ def _extension_runs(device: torch.device) -> bool:
 def _as_sigma(sigma: torch.Tensor | float, x: torch.Tensor, check_values=True) -> torch.Tensor:
     if not isinstance(sigma, torch.Tensor):
         v.check_non_negative_number("sigma", sigma)
-        return torch.tensor(float(sigma), device=x.device, dtype=torch.float32)
+        # A fill on the device, not torch.tensor(..., device=cuda): that is a host-to-device
+        # copy per call, and an error inside CUDA graph capture (seen on an H100).
+        return torch.full((), float(sigma), device=x.device, dtype=torch.float32)
     v.check_tensor("sigma", sigma)
     v.check_same_device("sigma", sigma, "x", x)
     v.check_per_feature("sigma", sigma, "x", x)

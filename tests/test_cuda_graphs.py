@@ -276,8 +276,9 @@ def test_captured_backward_matches_eager_with_the_saved_device_state():
     assert not torch.equal(replays[0][2][3], replays[1][2][3])  # fresh noise: new grad_theta
 
 
+@pytest.mark.parametrize("sigma_kind", ["tensor", "float"])
 @pytest.mark.parametrize("backend", ["triton", "torch"])
-def test_host_seeded_backends_refuse_seed_none_inside_capture(backend):
+def test_host_seeded_backends_refuse_seed_none_inside_capture(backend, sigma_kind):
     """Triton and the reference take their seed from the host: captured, it would replay
     one seed forever (seen on an H100: the same noise on every replay). They refuse."""
     from fastnoise import backends
@@ -285,12 +286,14 @@ def test_host_seeded_backends_refuse_seed_none_inside_capture(backend):
     if not {b.name: b.available for b in backends()}[backend]:
         pytest.skip(f"the {backend} backend is not available here")
     x = torch.rand(2, 8, device="cuda")
+    # A float sigma is filled on the device: no host copy, which capture would refuse first.
+    sigma = 0.5 if sigma_kind == "float" else torch.full((8,), 0.5, device="cuda")
     with use_backend(backend):
-        _warm_up(lambda: F.inject_noise(x, 0.5, seed=1))
+        _warm_up(lambda: F.inject_noise(x, sigma, seed=1))
         graph = torch.cuda.CUDAGraph()
         with pytest.raises(RuntimeError, match="seed=None inside CUDA graph capture"):
             with torch.no_grad(), torch.cuda.graph(graph):
-                F.inject_noise(x, 0.5)
+                F.inject_noise(x, sigma)
 
 
 def test_a_negative_offset_is_refused_inside_capture():

@@ -178,3 +178,21 @@ def test_a_host_seed_is_refused_inside_cuda_graph_capture(monkeypatch):
             fastnoise.inject_noise(x, 0.5)
         fastnoise.inject_noise(x, 0.5, seed=3)  # an explicit seed is the user's to vary
     assert "'cuda' backend" in _ops.CAPTURE_NEEDS_DEVICE_SEEDS
+
+
+def test_a_float_sigma_is_filled_on_the_device_not_copied(monkeypatch):
+    """A float sigma becomes a 0-d tensor by a fill on x's device: torch.tensor(..., device=)
+    is a host-to-device copy per call on CUDA, refused inside CUDA graph capture (seen on
+    an H100 with the triton backend)."""
+    real_tensor = torch.tensor
+
+    def no_device_copies(*args, **kwargs):
+        assert "device" not in kwargs, "a host-to-device copy of a number"
+        return real_tensor(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "tensor", no_device_copies)
+    x = torch.rand(2, 3)
+    with fastnoise.use_backend("torch"):
+        y = fastnoise.inject_noise(x, 0.25, seed=4)
+    with fastnoise.use_backend("torch"):
+        assert torch.equal(y, fastnoise.inject_noise(x, torch.tensor(0.25), seed=4))
