@@ -436,6 +436,44 @@ def test_cuda_forward_refuses_a_bad_sigma_on_the_device(bad, op):
     assert good.returncode == 0 and "no error" in good.stdout, good.stderr[-2000:]  # |-0.1|
 
 
+ERROR_SCRIPT = """
+import sys, torch, fastnoise
+from fastnoise import functional as F
+fastnoise.set_backend("cuda")
+x = torch.rand(2, 8, device="cuda")
+capture = sys.argv[1] == "capture"
+graph = torch.cuda.CUDAGraph()
+try:
+    if capture:
+        F.inject_noise(x, 0.5)  # warm-up
+        torch.cuda.synchronize()
+        with torch.cuda.graph(graph):
+            F.inject_noise(x, 0.5, offset=-1)
+    else:
+        F.inject_noise(x, 0.5, seed=-1)
+except ValueError as error:
+    print("ValueError:", error, flush=True)
+"""
+
+
+@needs_cuda_kernels
+@pytest.mark.parametrize("where", ["eager", "capture"])
+def test_cuda_errors_that_format_an_integer_raise_cleanly(where):
+    """A C++ check whose message formats an int64 raises ValueError on a CUDA tensor. On the
+    H100 machine (torch 2.11, its JIT build) the capture case segfaulted inside the
+    extension's ostream code while formatting the offset (cuda-gdb: captured_state ->
+    c10::str -> ostream::_M_insert<long>); a child process, so a crash is a failure here,
+    and the eager case tells a capture-only fault from a build-wide one."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", ERROR_SCRIPT, where], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
+    assert "ValueError:" in done.stdout and "must be in [0, 2**63)" in done.stdout, done.stdout
+
+
 @needs_cuda_kernels
 def test_cuda_words_and_normals_match_spec():
     from fastnoise._backends import cuda
