@@ -170,6 +170,11 @@ class RobustnessReport:
     checks: list[CheckResult] = field(default_factory=list)
     sweeps: list[SweepResult] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    # Per-sample outcomes for the paired self-checks, in memory only (not in the JSON):
+    # "clean" and each attack's name -> a bool tensor (repeats, n_samples), True where the
+    # sample was classified correctly. Every outcome of one sample in one repeat is judged
+    # on the same noise draw, so two attacks' outcomes are paired. None for a loaded report.
+    outcomes: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def effective(self) -> AttackResult | None:
