@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,7 @@ from fastnoise.attacks import (
     eot_evaluate,
     eot_gradient,
     eot_per_copy,
+    rows_share_noise,
     sequential_eot_gradient,
 )
 from fastnoise.attacks._losses import cross_entropy
@@ -39,7 +42,8 @@ def test_batched_eot_equals_mean_of_single_draw_gradients(chunk):
     batched = ReplayNoise(inner, draws.transpose(0, 1).reshape(-1, FEATURES))
 
     expected = sequential_eot_gradient(looped, cross_entropy, x, y, COPIES)
-    result = eot_gradient(batched, cross_entropy, x, y, COPIES, chunk=chunk)
+    # separate_passes=False: no probe forward, which would consume replayed rows.
+    result = eot_gradient(batched, cross_entropy, x, y, COPIES, chunk=chunk, separate_passes=False)
 
     assert looped.cursor == batched.cursor == BATCH * COPIES  # every draw used once
     torch.testing.assert_close(result.grad, expected.grad, rtol=1e-5, atol=1e-6)
@@ -78,14 +82,94 @@ def test_eot_copies_get_independent_noise():
     assert (many.mean(1) - many[:, 0]).abs().mean() > 0.1 * spread
 
 
-def test_shared_draw_model_makes_identical_copies():
+def _assert_independent(grads: torch.Tensor) -> None:
+    """(B, L, ...) per-copy gradients: no two copies of a sample alike."""
+    for per_sample in grads:
+        flat = per_sample.flatten(1)
+        distance = torch.cdist(flat, flat) + torch.eye(len(flat)) * 1e9
+        assert distance.min() > 1e-6 * flat.norm(dim=1).max(), "two EOT copies share a draw"
+
+
+def test_shared_draw_model_makes_identical_copies_in_one_batched_pass():
     """Negative control: the released-L2P style model (one draw broadcast over the
-    batch) gives every copy the same gradient, which the independence test rejects."""
+    batch) gives every copy of a forced batched pass the same gradient."""
     torch.manual_seed(3)
     model = SharedDrawMLP(FEATURES)
     x, y = torch.rand(2, FEATURES), torch.randint(0, 5, (2,))
-    copies = eot_per_copy(model, cross_entropy, x, y, eot=4, chunk=8)
+    copies = eot_per_copy(model, cross_entropy, x, y, eot=4, chunk=8, separate_passes=False)
     torch.testing.assert_close(copies.grad[:, 1:], copies.grad[:, :1].expand_as(copies.grad[:, 1:]))
+
+
+def test_a_per_forward_draw_is_detected_and_gets_separate_passes():
+    """A third-party module that draws once per forward: the probe finds it, warns, and
+    the copies run as separate passes with independent gradients."""
+    torch.manual_seed(3)
+    model = SharedDrawMLP(FEATURES)
+    x, y = torch.rand(2, FEATURES), torch.randint(0, 5, (2,))
+    assert rows_share_noise(model, x)
+    assert not rows_share_noise(NoisyMLP(FEATURES), x)  # per-row draws
+    assert not rows_share_noise(SmoothMLP(FEATURES), x)  # deterministic
+    with pytest.warns(UserWarning, match="separate passes"):
+        copies = eot_per_copy(model, cross_entropy, x, y, eot=4, chunk=8)
+    _assert_independent(copies.grad)
+    # The mean over copies is the EOT gradient of the same separate passes.
+    torch.manual_seed(9)
+    mean = eot_gradient(model, cross_entropy, x, y, eot=4, separate_passes=True)
+    torch.manual_seed(9)
+    looped = sequential_eot_gradient(model, cross_entropy, x, y, eot=4)
+    torch.testing.assert_close(mean.grad, looped.grad, rtol=1e-5, atol=1e-6)
+
+
+def _pni_w_mlp() -> torch.nn.Module:
+    from fastnoise.nn import pni_weight
+
+    model = torch.nn.Sequential(
+        torch.nn.Linear(FEATURES, 32), torch.nn.Tanh(), torch.nn.Linear(32, 5)
+    )
+    pni_weight(model[0], init=0.5)
+    pni_weight(model[2], init=0.5)
+    return model.eval()
+
+
+def test_pni_w_models_get_independent_eot_copies():
+    """PNI-W draws its weight noise once per forward: the attack sees it (the layer says
+    draws_per_row = False), runs separate passes and its copies differ."""
+    torch.manual_seed(10)
+    model = _pni_w_mlp()
+    x, y = torch.rand(3, FEATURES), torch.randint(0, 5, (3,))
+    _assert_independent(eot_per_copy(model, cross_entropy, x, y, eot=4, chunk=64).grad)
+    with pytest.warns(UserWarning, match="PNI-W"):
+        assert PGD(model, eps=0.1, steps=1, eot=4).separate_passes(x)
+
+
+def test_mixed_per_row_and_per_forward_noise_is_detected():
+    """Per-row activation noise makes the rows of a pass differ, which alone would hide
+    the shared weight draw: the structural check and the probe with fastnoise's per-row
+    layers switched off both catch it."""
+    from fastnoise.nn import PerturbationInjection
+
+    torch.manual_seed(11)
+    pni_w = _pni_w_mlp()
+    model = torch.nn.Sequential(PerturbationInjection((FEATURES,), init=0.2), pni_w).eval()
+    x = torch.rand(2, FEATURES)
+    assert not rows_share_noise(model, x)  # the bare probe is fooled by per-row noise
+    with pytest.warns(UserWarning):
+        assert PGD(model, eps=0.1, steps=1, eot=4).separate_passes(x)
+    shared = torch.nn.Sequential(PerturbationInjection((FEATURES,), init=0.2), SharedDrawMLP())
+    with pytest.warns(UserWarning):
+        assert PGD(shared.eval(), eps=0.1, steps=1, eot=4).separate_passes(x)
+    assert all(m.enabled for m in shared.modules() if hasattr(m, "enabled"))  # restored
+
+
+def test_per_row_models_keep_the_batched_pass_without_a_warning():
+    torch.manual_seed(12)
+    x = torch.rand(2, FEATURES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not PGD(NoisyMLP(FEATURES), eps=0.1, steps=1, eot=4).separate_passes(x)
+        models = pytest.importorskip("fastnoise.models")
+        cnn = models.small_cnn(noise="l2p").eval()
+        assert not PGD(cnn, eps=0.1, steps=1, eot=4).separate_passes(torch.rand(2, 1, 28, 28))
 
 
 def test_batched_and_looped_eot_estimate_the_same_expectation():
@@ -122,10 +206,12 @@ def test_attack_with_eot_runs_the_batched_pass_once_per_step():
     torch.manual_seed(6)
     x, y = torch.rand(4, FEATURES), torch.randint(0, 5, (4,))
     PGD(Counting(FEATURES), eps=0.1, steps=3, eot=16)(x, y)
-    assert calls == [4 * 16] * 3  # one forward of B * L rows per step, not L loops
+    # Once per attack, the probe's two forwards of two rows (do rows share a draw?); then
+    # one forward of B * L rows per step, not L loops.
+    assert calls == [2, 2] + [4 * 16] * 3
     calls.clear()
     PGD(Counting(FEATURES), eps=0.1, steps=2, eot=16, eot_chunk=24)(x, y)
-    assert calls == [24, 24, 16] * 2
+    assert calls == [2, 2] + [24, 24, 16] * 2
 
 
 def test_compile_flag_gives_the_same_attack():

@@ -157,14 +157,31 @@ def test_perturbation_injection_rejects_bad_arguments():
 # ---------------------------------------------------------------- PNI on activations
 
 
-def test_pni_is_inject_noise_with_alpha_times_detached_std():
+def test_pni_is_alpha_times_each_samples_detached_std_times_z():
     layer = fnn.ParametricNoiseInjection(init=0.3)
-    x = torch.randn(4, 3, 5, 5) * 2 + 1
+    x = torch.randn(4, 3, 5, 5) * torch.tensor([1.0, 2.0, 3.0, 4.0]).view(4, 1, 1, 1) + 1
     torch.manual_seed(3)
     y = layer(x)
-    sigma = 0.3 * x.std(correction=0)
-    expected = F.inject_noise(x, sigma, seed=_same_seed_as_module(3))
-    torch.testing.assert_close(y, expected)
+    z = F.inject_noise(torch.zeros_like(x), torch.tensor(0.3), seed=_same_seed_as_module(3))
+    std = x.flatten(1).std(dim=1, correction=0).view(4, 1, 1, 1)
+    torch.testing.assert_close(y, x + std * z)
+    # A batch of one (and PNI-W's weight, one "sample") keeps one sigma: inject_noise.
+    torch.manual_seed(3)
+    one = layer(x[:1])
+    sigma = 0.3 * x[:1].std(correction=0)
+    torch.testing.assert_close(one, F.inject_noise(x[:1], sigma, seed=_same_seed_as_module(3)))
+
+
+def test_pni_sample_output_does_not_depend_on_the_other_rows():
+    """Per-sample std: a sample's noisy output is the same whatever else is in the batch
+    (PNI's batch-wide std let the other rows, e.g. EOT copies, scale a sample's noise)."""
+    layer = fnn.ParametricNoiseInjection("channel", channels=3, init=0.4)
+    a, b = torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4)
+    torch.manual_seed(21)
+    first = layer(torch.cat([a, b]))[0]
+    torch.manual_seed(21)
+    second = layer(torch.cat([a, 10 * b + 5]))[0]
+    torch.testing.assert_close(first, second)
 
 
 def test_pni_noise_std_is_alpha_times_std_of_x_statistically():
@@ -237,7 +254,8 @@ def test_pni_noise_std_does_not_synchronize_cuda():
         sigma = layer.noise_std(x)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    torch.testing.assert_close(sigma.flatten(), 0.25 * x.std(correction=0).expand(3))
+    std = x.flatten(1).std(dim=1, correction=0).view(4, 1, 1, 1)
+    torch.testing.assert_close(sigma, (0.25 * std).expand(4, 3, 1, 1))
 
 
 def test_pni_injects_in_eval_mode_and_can_be_disabled():

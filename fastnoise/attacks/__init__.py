@@ -17,6 +17,7 @@ from fastnoise.attacks.eot import (
     eot_evaluate,
     eot_gradient,
     eot_per_copy,
+    rows_share_noise,
     sequential_eot_gradient,
 )
 from fastnoise.attacks.few_pixel import FewPixel
@@ -41,6 +42,7 @@ __all__ = [
     "eot_evaluate",
     "eot_gradient",
     "eot_per_copy",
+    "rows_share_noise",
     "sequential_eot_gradient",
     "spsa_gradient",
 ]

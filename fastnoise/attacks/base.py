@@ -11,13 +11,14 @@ afterwards. Gradients are taken with respect to the input only: parameters'
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from fastnoise import _validation as v
-from fastnoise.attacks.eot import EOTResult, eot_evaluate, eot_gradient
+from fastnoise.attacks.eot import EOTResult, eot_evaluate, eot_gradient, rows_share_noise
 
 __all__ = ["Attack", "KINDS", "NORMS"]
 
@@ -30,6 +31,22 @@ def _check_model(model: object) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     return model
+
+
+def _rows_share_noise(model: nn.Module, forward, x: torch.Tensor) -> bool:
+    from fastnoise.nn.base import NoiseLayer
+
+    layers = [m for m in model.modules() if isinstance(m, NoiseLayer) and m.enabled]
+    if any(not layer.draws_per_row for layer in layers):
+        return True
+    # Switch off the per-row layers, whose differing rows would hide a shared draw elsewhere.
+    for layer in layers:
+        layer.enabled = False
+    try:
+        return rows_share_noise(forward, x)
+    finally:
+        for layer in layers:
+            layer.enabled = True
 
 
 def _model_device(model: nn.Module) -> torch.device | None:
@@ -85,6 +102,7 @@ class Attack:
         self.compile = compile
         self.eval_mode = bool(eval_mode)
         self._compiled: nn.Module | None = None
+        self._separate_passes: bool | None = None  # decided at the first EOT call
 
     # -- what subclasses implement -------------------------------------------------
 
@@ -126,12 +144,35 @@ class Attack:
         return self._compiled(x)
 
     def gradient(self, loss_fn, x: torch.Tensor, y: torch.Tensor) -> EOTResult:
-        """EOT-averaged loss gradient at ``x`` (one batched pass over ``B * eot`` rows)."""
-        return eot_gradient(self.forward, loss_fn, x, y, self.eot, self.eot_chunk)
+        """EOT-averaged loss gradient at ``x``: one batched pass over ``B * eot`` rows, or
+        ``eot`` passes when the model's rows share a draw (see :meth:`separate_passes`)."""
+        separate = self.separate_passes(x)
+        return eot_gradient(self.forward, loss_fn, x, y, self.eot, self.eot_chunk, separate)
 
     def evaluate(self, loss_fn, x: torch.Tensor, y: torch.Tensor) -> EOTResult:
         """EOT-averaged loss and logits at ``x`` without a backward pass."""
-        return eot_evaluate(self.forward, loss_fn, x, y, self.eot, self.eot_chunk)
+        separate = self.separate_passes(x)
+        return eot_evaluate(self.forward, loss_fn, x, y, self.eot, self.eot_chunk, separate)
+
+    def separate_passes(self, x: torch.Tensor) -> bool:
+        """Whether the EOT copies need separate forward passes, decided once per attack:
+        yes when a fastnoise layer draws once per forward (``draws_per_row = False``,
+        PNI-W), or when, with fastnoise's per-row layers switched off, two identical rows
+        of one pass still come out equal while two passes differ (noise drawn once per
+        pass by some other module). Warns when it falls back to separate passes."""
+        if self.eot <= 1:
+            return False
+        if self._separate_passes is None:
+            self._separate_passes = _rows_share_noise(self.model, self.forward, x)
+            if self._separate_passes:
+                warnings.warn(
+                    f"{type(self.model).__name__} draws noise once per forward pass (rows of "
+                    f"one batch share it, e.g. PNI-W weight noise), so {self.name}'s "
+                    f"{self.eot} EOT copies run as {self.eot} separate passes, each with its "
+                    "own draw (slower than one batched pass)",
+                    stacklevel=3,
+                )
+        return self._separate_passes
 
     def _check_inputs(self, x: object, y: object) -> tuple[torch.Tensor, torch.Tensor]:
         v.check_tensor("x", x)

@@ -21,8 +21,11 @@ class ParametricNoiseInjection(NoiseLayer):
     """``y = x + |alpha| * std(x) * z``, z ~ N(0, 1) per element.
 
     ``mode="layer"``: one scalar ``alpha``; ``mode="channel"``: one per channel (dim 1 of
-    ``x``, give ``channels``). ``std(x)`` is over the whole tensor, detached as in PNI's
-    code, and stays a tensor: the forward never waits on the device.
+    ``x``, give ``channels``). ``std(x)`` is each sample's own (over its elements),
+    detached as in PNI's code, and stays a tensor: the forward never waits on the device.
+    PNI's code takes it over the whole batch, which lets the other rows of a batch (other
+    samples, or the copies of an EOT pass) change a sample's noise; per sample, a sample's
+    output depends on its own draw alone.
 
     Sign of alpha: PNI leaves alpha unconstrained; ``alpha * z`` and ``|alpha| * z`` have
     the same law, so we pass ``|alpha| * std`` as the non-negative sigma of
@@ -52,18 +55,30 @@ class ParametricNoiseInjection(NoiseLayer):
             )
         if not self.enabled or x.numel() == 0:
             return x
-        return inject_noise(x, self.noise_std(x))
+        if x.shape[0] == 1:  # one sample (a weight, or a batch of one): one sigma
+            return inject_noise(x, self.noise_std(x)[0])
+        # Per-sample sigma: |alpha| * z from the fused op (sigma broadcasts over one sample
+        # only), scaled by each sample's std: y = x + std_n * (|alpha| * z).
+        scaled_z = inject_noise(torch.zeros_like(x), self._scale(x))
+        std = self.sample_std(x).to(x.dtype).view((-1,) + (1,) * (x.dim() - 1))
+        return torch.addcmul(x, std, scaled_z)
 
-    def noise_std(self, x: torch.Tensor) -> torch.Tensor:
-        """``|alpha| * std(x)``: the sigma of the injected noise, a tensor (no host sync).
+    def sample_std(self, x: torch.Tensor) -> torch.Tensor:
+        """Each sample's population std (``correction=0``: a one-element sample gives 0,
+        not NaN), detached, float32, shape ``(N,)``."""
+        return x.detach().float().flatten(1).std(dim=1, correction=0)
 
-        Population std (``correction=0``) so a single-element tensor gives 0, not NaN.
-        """
-        std = x.detach().float().std(correction=0)
+    def _scale(self, x: torch.Tensor) -> torch.Tensor:
         scale = self.alpha.abs()
         if self.mode == "channel":
             scale = scale.view((-1,) + (1,) * (x.dim() - 2))
-        return scale * std
+        return scale
+
+    def noise_std(self, x: torch.Tensor) -> torch.Tensor:
+        """``|alpha| * std(x_n)`` per sample: the sigma of each sample's noise, shape
+        ``(N, *scale)``, a tensor (no host sync)."""
+        std = self.sample_std(x).view((-1,) + (1,) * self._scale(x).dim())
+        return self._scale(x).unsqueeze(0) * std
 
     def extra_repr(self) -> str:
         channels = f", channels={self.alpha.numel()}" if self.mode == "channel" else ""
@@ -74,6 +89,8 @@ class ParametricWeightNoise(ParametricNoiseInjection):
     """PNI on weights (PNI-W) as a parametrization: ``W' = W + |alpha| * std(W) * z``,
     drawn afresh each time the module reads its weight. ``mode="channel"`` gives one
     alpha per output channel."""
+
+    draws_per_row = False  # one weight draw per forward, shared by every row of the batch
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         # The weight is one "sample": a batch of one keeps it all in one noise draw.
