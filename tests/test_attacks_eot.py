@@ -233,3 +233,21 @@ def test_fastnoise_noise_layers_give_independent_copies():
         flat = copies.grad[b].flatten(1)
         distance = torch.cdist(flat, flat) + torch.eye(4) * 1e9
         assert distance.min() > 1e-6 * flat.norm(dim=1).max()
+
+
+def test_probing_for_shared_draws_leaves_the_random_stream_alone():
+    """The probe's forwards run on a forked generator: an attack called twice after the
+    same torch.manual_seed gives the same result, and the stream after it is untouched."""
+    model = NoisyMLP(FEATURES)
+    x, y = torch.rand(3, FEATURES), torch.randint(0, 5, (3,))
+    attack = PGD(model, eps=0.1, steps=2, eot=4)
+    torch.manual_seed(13)
+    first = attack(x, y)  # probes here
+    torch.manual_seed(13)
+    second = attack(x, y)  # cached: no probe
+    torch.testing.assert_close(first, second)
+    torch.manual_seed(14)
+    before = torch.rand(3)
+    torch.manual_seed(14)
+    rows_share_noise(model, x)
+    torch.testing.assert_close(torch.rand(3), before)

@@ -146,30 +146,29 @@ class Attack:
     def gradient(self, loss_fn, x: torch.Tensor, y: torch.Tensor) -> EOTResult:
         """EOT-averaged loss gradient at ``x``: one batched pass over ``B * eot`` rows, or
         ``eot`` passes when the model's rows share a draw (see :meth:`separate_passes`)."""
-        separate = self.separate_passes(x)
+        separate = self.eot > 1 and self.separate_passes(x)
         return eot_gradient(self.forward, loss_fn, x, y, self.eot, self.eot_chunk, separate)
 
     def evaluate(self, loss_fn, x: torch.Tensor, y: torch.Tensor) -> EOTResult:
         """EOT-averaged loss and logits at ``x`` without a backward pass."""
-        separate = self.separate_passes(x)
+        separate = self.eot > 1 and self.separate_passes(x)
         return eot_evaluate(self.forward, loss_fn, x, y, self.eot, self.eot_chunk, separate)
 
     def separate_passes(self, x: torch.Tensor) -> bool:
-        """Whether the EOT copies need separate forward passes, decided once per attack:
-        yes when a fastnoise layer draws once per forward (``draws_per_row = False``,
-        PNI-W), or when, with fastnoise's per-row layers switched off, two identical rows
-        of one pass still come out equal while two passes differ (noise drawn once per
-        pass by some other module). Warns when it falls back to separate passes."""
-        if self.eot <= 1:
-            return False
+        """Whether several draws for one sample (EOT copies, repeated checks) need separate
+        forward passes, decided once per attack: yes when a fastnoise layer draws once per
+        forward (``draws_per_row = False``, PNI-W), or when, with fastnoise's per-row layers
+        switched off, two identical rows of one pass still come out equal while two passes
+        differ (noise drawn once per pass by some other module). The probe leaves torch's
+        random stream as it found it. Warns when it falls back to separate passes."""
         if self._separate_passes is None:
             self._separate_passes = _rows_share_noise(self.model, self.forward, x)
             if self._separate_passes:
                 warnings.warn(
                     f"{type(self.model).__name__} draws noise once per forward pass (rows of "
-                    f"one batch share it, e.g. PNI-W weight noise), so {self.name}'s "
-                    f"{self.eot} EOT copies run as {self.eot} separate passes, each with its "
-                    "own draw (slower than one batched pass)",
+                    f"one batch share it, e.g. PNI-W weight noise), so {self.name}'s EOT "
+                    "copies run as separate passes, each with its own draw (slower than one "
+                    "batched pass)",
                     stacklevel=3,
                 )
         return self._separate_passes

@@ -23,10 +23,9 @@ mode): attacks run the model in eval mode by default.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
-
-import warnings
 
 import torch
 
@@ -75,14 +74,16 @@ def rows_share_noise(forward: Forward, x: torch.Tensor) -> bool:
     """Whether the rows of one forward pass share their noise draw: two identical rows give
     identical outputs in one pass, yet two passes differ (noise drawn once per pass). A
     deterministic model, or one that draws per row, gives False. Costs two forwards of
-    two rows; advances torch's generator like any forward."""
+    two rows; torch's random stream is restored afterwards, so probing changes no result."""
     if x.shape[0] == 0:
         return False
     rows = x[:1].detach().expand(2, *x.shape[1:]).contiguous()
-    first = forward(rows)
-    if not torch.equal(first[0], first[1]):
-        return False  # rows draw their own noise
-    return not torch.equal(first, forward(rows))
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        first = forward(rows)
+        if not torch.equal(first[0], first[1]):
+            return False  # rows draw their own noise
+        return not torch.equal(first, forward(rows))
 
 
 def resolve_separate_passes(

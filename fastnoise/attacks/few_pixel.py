@@ -8,6 +8,12 @@ crossed with the parent, replaces it when it lowers the true-class probability. 
 whole population of every unfinished image goes through the model in batched forward
 passes; an image stops as soon as one of its candidates is misclassified.
 
+On a randomized model (Learn2Perturb, PNIL) the fitness is the mean over ``eot`` noise
+draws (Expectation over Transformation, Athalye et al., 2018), and a candidate counts as
+misclassified only when every one of those draws misclassifies it and ``stop_draws``
+fresh draws confirm it (fresh, so that a candidate picked for its lucky draws among the
+whole population is not confirmed by those same draws).
+
 It is an L0 attack: ``eps`` is ``math.inf`` and ``norm`` is ``"l0"`` (at most ``pixels``
 pixels change, by any amount inside the box).
 """
@@ -63,8 +69,14 @@ class FewPixel(Attack):
     ``population`` candidates per image evolve for up to ``iterations`` generations with
     mutation factor ``mutation`` (F) and crossover rate ``crossover`` (1.0, the paper's
     choice, means the mutant is taken whole). Fitness is the softmax probability of the
-    true class. ``chunk``: most rows per forward pass (None: :func:`.eot.default_chunk`).
-    ``early_stop=False`` runs every generation for every image (fixed work, for timing).
+    true class, averaged over ``eot`` noise draws. ``chunk``: most rows per forward pass
+    (None: :func:`.eot.default_chunk`). ``early_stop=False`` runs every generation for
+    every image (fixed work, for timing).
+
+    A hit (the image's result, and with ``early_stop`` the end of its search) is a
+    candidate misclassified on all its ``eot`` fitness draws and then on each of
+    ``stop_draws`` (None: ``eot``) fresh independent draws, so one lucky draw of a
+    randomized model does not end the search. A deterministic model needs neither.
     """
 
     name = "pixel"
@@ -78,6 +90,8 @@ class FewPixel(Attack):
         population: int = 400,
         iterations: int = 75,
         *,
+        eot: int = 1,
+        stop_draws: int | None = None,
         mutation: float = 0.5,
         crossover: float = 1.0,
         chunk: int | None = None,
@@ -87,7 +101,10 @@ class FewPixel(Attack):
         compile: bool | str = False,
         eval_mode: bool = True,
     ) -> None:
-        super().__init__(model, eps, clip=clip, compile=compile, eval_mode=eval_mode)
+        super().__init__(model, eps, eot=eot, clip=clip, compile=compile, eval_mode=eval_mode)
+        self.stop_draws = (
+            self.eot if stop_draws is None else v.check_positive_int("stop_draws", stop_draws)
+        )
         self.pixels = v.check_positive_int("pixels", pixels)
         self.population = v.check_positive_int("population", population)
         if self.population < 4:
@@ -100,21 +117,73 @@ class FewPixel(Attack):
         self.chunk = None if chunk is None else v.check_positive_int("chunk", chunk)
         self.early_stop = bool(early_stop)
 
+    def _scores(
+        self,
+        images: torch.Tensor,
+        y: torch.Tensor,
+        flat: torch.Tensor,
+        owner: torch.Tensor,
+        draws: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean true-class probability over ``draws`` noise draws and whether every draw
+        misclassified, both (N,), for N candidates ``flat`` of images ``owner``.
+
+        Row ``i * draws + l`` of the batched passes is draw ``l`` of candidate ``i`` (rows
+        get their own draws); noise drawn once per forward (PNI-W) gets one pass per draw.
+        """
+        count = flat.shape[0]
+        separate = draws > 1 and self._separate(images)
+        device = images.device
+        chunk = self.chunk or default_chunk(images)
+        probs = torch.empty(count, draws, device=device)
+        fooled = torch.empty(count, draws, dtype=torch.bool, device=device)
+        if separate:
+            passes = (
+                (torch.arange(start, min(start + chunk, count), device=device), copy)
+                for copy in range(draws)
+                for start in range(0, count, chunk)
+            )
+        else:
+            rows = torch.arange(count * draws, device=device)
+            passes = (
+                (rows[start : start + chunk] // draws, rows[start : start + chunk] % draws)
+                for start in range(0, count * draws, chunk)
+            )
+        for candidate, copy in passes:
+            rows = owner[candidate]
+            logits = self.forward(apply_pixels(images[rows], flat[candidate])).float()
+            probs[candidate, copy] = logits.softmax(1).gather(1, y[rows, None]).squeeze(1)
+            fooled[candidate, copy] = logits.argmax(1) != y[rows]
+        return probs.mean(1), fooled.all(1)
+
+    def _separate(self, images: torch.Tensor) -> bool:
+        # Attack.separate_passes (noise drawn once per forward, PNI-W), where present.
+        decide = getattr(super(), "separate_passes", None)
+        return bool(decide(images)) if decide is not None else False
+
     def _fitness(
         self, images: torch.Tensor, y: torch.Tensor, pop: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """True-class probability and misclassified flag, both (B, P), for a population."""
+        """True-class probability (mean over ``eot`` draws) and misclassified-on-every-draw
+        flag, both (B, P), for a population."""
         batch, population = pop.shape[:2]
-        flat = pop.flatten(0, 1)
         owner = torch.arange(batch, device=images.device).repeat_interleave(population)
-        chunk = self.chunk or default_chunk(images)
-        probs, fooled = [], []
-        for start in range(0, flat.shape[0], chunk):
-            rows = owner[start : start + chunk]
-            logits = self.forward(apply_pixels(images[rows], flat[start : start + chunk])).float()
-            probs.append(logits.softmax(1).gather(1, y[rows, None]).squeeze(1))
-            fooled.append(logits.argmax(1) != y[rows])
-        return torch.cat(probs).view(batch, population), torch.cat(fooled).view(batch, population)
+        probs, fooled = self._scores(images, y, pop.flatten(0, 1), owner, self.eot)
+        return probs.view(batch, population), fooled.view(batch, population)
+
+    def _confirm(
+        self, images: torch.Tensor, y: torch.Tensor, pop: torch.Tensor, flagged: torch.Tensor
+    ) -> torch.Tensor:
+        """``flagged`` (B, P) narrowed to the candidates that ``stop_draws`` fresh draws all
+        misclassify; only the flagged candidates are evaluated."""
+        which = flagged.nonzero()
+        if which.numel() == 0:
+            return flagged
+        owner, member = which.unbind(1)
+        _, fooled = self._scores(images, y, pop[owner, member], owner, self.stop_draws)
+        confirmed = torch.zeros_like(flagged)
+        confirmed[owner[fooled], member[fooled]] = True
+        return confirmed
 
     def _random_population(self, batch: int, images: torch.Tensor) -> torch.Tensor:
         _, channels, height, width = images.shape
@@ -145,9 +214,11 @@ class FewPixel(Attack):
         pop = self._random_population(x.shape[0], x)
         fitness, fooled = self._fitness(x, y, pop)
         for generation in range(self.iterations + 1):
-            # An image keeps its first misclassified candidate; with early_stop it also
-            # leaves the search, so later generations only evaluate unfinished images.
-            done = fooled.any(1) & ~found[active]
+            # An image keeps its first misclassified candidate, once fresh draws confirm it;
+            # with early_stop it also leaves the search, so later generations only evaluate
+            # unfinished images. A flag that fails confirmation is dropped.
+            fooled = self._confirm(x[active], y[active], pop, fooled & ~found[active, None])
+            done = fooled.any(1)
             if done.any():
                 winner = fooled.float().argmax(1)
                 idx = done.nonzero().squeeze(1)
