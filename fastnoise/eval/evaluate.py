@@ -23,7 +23,7 @@ from fastnoise import _validation as v
 from fastnoise.eval.checks import model_checks, result_checks
 from fastnoise.eval.report import AttackResult, RobustnessReport, SweepResult
 
-__all__ = ["AttackLike", "evaluate", "sweep_eps"]
+__all__ = ["AttackLike", "attack_settings", "evaluate", "sweep_eps"]
 
 KINDS = ("single-step", "iterative", "gradient-free", "transfer")
 
@@ -130,13 +130,95 @@ def _batches(loader: Iterable[Any], device: torch.device) -> Iterator[tuple[torc
 
 
 class _Tally:
-    """Per-repeat counts of correct predictions, kept on the device (no sync per batch)."""
+    """Per-repeat counts of correct predictions, kept on the device (no sync per batch),
+    and the per-sample outcomes of draw 0 for the paired self-checks."""
 
     def __init__(self, n_attacks: int, device: torch.device) -> None:
         self.n = 0
-        self.clean = torch.zeros((), dtype=torch.long, device=device)
-        self.attacks = torch.zeros(n_attacks, dtype=torch.long, device=device)
-        self.worst = torch.zeros((), dtype=torch.long, device=device)
+        zero = lambda *shape: torch.zeros(shape, dtype=torch.long, device=device)  # noqa: E731
+        self.clean, self.attacks, self.worst = zero(), zero(n_attacks), zero()
+        # Over k draws: majority-vote correct, and correct in every draw (k tries).
+        self.clean_majority, self.clean_all = zero(), zero()
+        self.attacks_majority, self.attacks_all = zero(n_attacks), zero(n_attacks)
+        self.worst_all = zero()
+        self.outcomes: list[list[torch.Tensor]] = [[] for _ in range(n_attacks + 1)]
+
+
+class _Judge:
+    """Every prediction for one batch made on the same noise: draw j of the clean forward
+    and of each attack's final forward runs with torch's generators set to the batch's
+    seed + j, so a sample's outcomes differ only by the input, not by the draw (fastnoise's
+    layers, and torch's own random ops, draw from those generators). The global RNG
+    stream is restored afterwards: the attacks themselves draw as usual."""
+
+    def __init__(self, model: nn.Module, device: torch.device, draws: int) -> None:
+        self.model, self.draws = model, draws
+        self.devices = [device] if device.type == "cuda" else []
+        self.seed = 0
+
+    def new_batch(self) -> None:
+        self.seed = int(torch.randint(0, 2**62, ()))
+
+    @torch.no_grad()
+    def predictions(self, x: torch.Tensor) -> torch.Tensor:
+        """``(draws, B)`` predicted classes, draw j on the batch's seed + j."""
+        out = []
+        for draw in range(self.draws):
+            with torch.random.fork_rng(devices=self.devices):
+                torch.manual_seed(self.seed + draw)
+                out.append(self.model(x).argmax(1))
+        return torch.stack(out)
+
+
+def _votes(predictions: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(correct in draw 0, majority vote correct, correct in every draw) per sample."""
+    hits = predictions == y
+    majority = predictions.mode(dim=0).values == y
+    return hits[0], majority, hits.all(dim=0)
+
+
+class _ForwardCounter:
+    """Forward passes and rows the model ran while an attack was running."""
+
+    def __init__(self, model: nn.Module, n_attacks: int) -> None:
+        self.passes, self.rows = [0] * n_attacks, [0] * n_attacks
+        self.seconds = [0.0] * n_attacks
+        self.current: int | None = None
+        self.handle = model.register_forward_pre_hook(self._count)
+
+    def _count(self, module: nn.Module, args: tuple) -> None:
+        if self.current is not None and args and isinstance(args[0], torch.Tensor):
+            self.passes[self.current] += 1
+            self.rows[self.current] += args[0].shape[0]
+
+    @contextlib.contextmanager
+    def attack(self, index: int, device: torch.device) -> Iterator[None]:
+        self.current = index
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # the attack's own time, not its queue
+            self.seconds[index] += time.perf_counter() - started
+            self.current = None
+
+
+ESTIMATE_WARN_S = 600  # print the projected time of runs longer than 10 minutes
+
+
+def _n_samples(loader: Iterable[Any]) -> int | None:
+    """Samples per repeat when known up front (for the progress bar and the estimate);
+    None otherwise. Malformed batches are left for _batches to name."""
+    try:
+        if getattr(loader, "num_samples", None) is not None:
+            return int(loader.num_samples)
+        if isinstance(loader, list):
+            return sum(len(batch[1]) for batch in loader)
+        dataset = getattr(loader, "dataset", None)
+        return len(dataset) if dataset is not None else None
+    except (TypeError, IndexError):
+        return None
 
 
 def _run(
@@ -149,40 +231,57 @@ def _run(
     desc: str,
     keep: int = 0,
     in_worst: Sequence[bool] | None = None,
+    draws: int = 1,
+    counter: _ForwardCounter | None = None,
 ) -> tuple[list[_Tally], tuple[torch.Tensor, torch.Tensor] | None]:
     """Run every attack on every batch, ``repeats`` times. ``None`` stands for "no attack"
     (eps = 0 in a sweep). ``in_worst`` picks the attacks of the per-sample worst case (all
-    by default). Also returns the first ``keep`` samples, for the self-checks."""
+    by default). Every prediction of a batch is judged on the same ``draws`` noise draws
+    (:class:`_Judge`). Also returns the first ``keep`` samples, for the self-checks."""
     in_worst = [True] * len(attacks) if in_worst is None else list(in_worst)
-    total = repeats * len(loader) if hasattr(loader, "__len__") else None
+    per_repeat = _n_samples(loader)
+    total = repeats * per_repeat if per_repeat is not None else None
+    judge = _Judge(model, device, draws)
     kept_x: list[torch.Tensor] = []
     kept_y: list[torch.Tensor] = []
     tallies = []
-    with tqdm(total=total, desc=desc, unit="batch", disable=not progress, leave=False) as bar:
+    started = time.perf_counter()
+    with tqdm(total=total, desc=desc, unit="sample", disable=not progress, leave=False) as bar:
         for repeat in range(repeats):
             tally = _Tally(len(attacks), device)
             for x, y in _batches(loader, device):
                 if repeat == 0 and sum(len(k) for k in kept_y) < keep:
                     kept_x.append(x)
                     kept_y.append(y)
-                with torch.no_grad():
-                    correct = model(x).argmax(1) == y
-                survived = correct.clone()
+                judge.new_batch()
+                clean, clean_majority, clean_all = _votes(judge.predictions(x), y)
+                survived, survived_all = clean.clone(), clean_all.clone()
+                tally.outcomes[0].append(clean)
                 for i, attack in enumerate(attacks):
                     if attack is None:
-                        hit = correct
+                        hit, majority, every = clean, clean_majority, clean_all
                     else:
-                        with torch.enable_grad():
+                        bar.set_description(f"{desc}: {attack.name}", refresh=False)
+                        guard = counter.attack(i, device) if counter else contextlib.nullcontext()
+                        with guard, torch.enable_grad():
                             x_adv = attack(x, y).detach()
-                        with torch.no_grad():
-                            hit = model(x_adv).argmax(1) == y
+                        hit, majority, every = _votes(judge.predictions(x_adv), y)
                     tally.attacks[i] += hit.sum()
+                    tally.attacks_majority[i] += majority.sum()
+                    tally.attacks_all[i] += every.sum()
+                    tally.outcomes[i + 1].append(hit)
                     if in_worst[i]:
                         survived &= hit
-                tally.clean += correct.sum()
+                        survived_all &= every
+                tally.clean += clean.sum()
+                tally.clean_majority += clean_majority.sum()
+                tally.clean_all += clean_all.sum()
                 tally.worst += survived.sum()
+                tally.worst_all += survived_all.sum()
+                if tally.n == 0 and repeat == 0 and total:
+                    _print_estimate(time.perf_counter() - started, len(y), total, bar)
                 tally.n += len(y)
-                bar.update(1)
+                bar.update(len(y))
             if tally.n == 0:
                 raise ValueError("loader yielded no samples")
             if tallies and tally.n != tallies[0].n:
@@ -194,6 +293,17 @@ def _run(
             bar.set_postfix(clean=f"{100 * int(tally.clean) / tally.n:.1f}%", refresh=False)
     kept = (torch.cat(kept_x)[:keep], torch.cat(kept_y)[:keep]) if kept_y else None
     return tallies, kept
+
+
+def _print_estimate(first_batch_s: float, batch: int, total: int, bar: tqdm) -> None:
+    """After the first batch: the whole run's projected time, when it is long."""
+    projected = first_batch_s * total / max(batch, 1)
+    if projected > ESTIMATE_WARN_S:
+        bar.write(
+            f"fastnoise: this run will take about {projected / 3600:.1f} h "
+            f"({first_batch_s:.1f} s for the first {batch} samples, {total} to go through); "
+            "lower --limit, --repeats or the attacks' budgets for a quicker estimate"
+        )
 
 
 def evaluate(
@@ -209,8 +319,16 @@ def evaluate(
     unbounded_attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     seed: int | None = None,
     batch_size: int = 128,
+    draws: int = 1,
 ) -> RobustnessReport:
     """Clean and robust accuracy (mean ± std over ``repeats``) plus the self-checks.
+
+    Every prediction for one sample (clean, and each attack's result) is judged on the same
+    noise draw, so the per-sample worst case compares like with like and the self-checks
+    can pair outcomes. ``draws`` > 1 judges each on ``draws`` draws and also reports, for
+    a randomized model, the majority vote over them and the fraction correct in every
+    one (robust against an attacker allowed ``draws`` tries); the headline accuracy stays
+    the expected accuracy of one draw (draw 0).
 
     ``loader`` yields ``(x, y)`` batches of [0, 1] pixels, the same samples every repeat,
     or is one ``(x, y)`` pair of tensors, attacked in batches of ``batch_size``.
@@ -225,31 +343,53 @@ def evaluate(
     items = _check_attacks(attacks)
     v.check_positive_int("repeats", repeats)
     v.check_positive_int("check_samples", check_samples)
+    v.check_positive_int("draws", draws)
     loader = _as_loader(loader, batch_size)
     device = _resolve_device(model, device)
     bounded = [not math.isinf(float(a.eps)) for a in items]
     in_worst = bounded if any(bounded) else [True] * len(items)
     started = time.perf_counter()
+    counter = _ForwardCounter(model, len(items))
     with _frozen_eval(model), _seeded(seed, device):
-        tallies, kept = _run(
-            model, loader, items, repeats, device, progress, "evaluate", check_samples, in_worst
-        )
+        try:
+            tallies, kept = _run(
+                model, loader, items, repeats, device, progress, "evaluate", check_samples,
+                in_worst, draws, counter,
+            )  # fmt: skip
+        finally:
+            counter.handle.remove()
+        fractions = lambda pick: [int(pick(t)) / t.n for t in tallies]  # noqa: E731
+        several = draws > 1
         report = RobustnessReport(
             n_samples=tallies[0].n,
             repeats=repeats,
-            clean=[int(t.clean) / t.n for t in tallies],
+            clean=fractions(lambda t: t.clean),
             attacks=[
                 AttackResult(
                     name=a.name,
                     eps=float(a.eps),
                     norm=a.norm,
                     kind=a.kind,
-                    accuracies=[int(t.attacks[i]) / t.n for t in tallies],
+                    accuracies=fractions(lambda t, i=i: t.attacks[i]),
                     eot=int(getattr(a, "eot", 1)),
+                    settings=attack_settings(a),
+                    majority=fractions(lambda t, i=i: t.attacks_majority[i]) if several else None,
+                    all_draws=fractions(lambda t, i=i: t.attacks_all[i]) if several else None,
+                    forward_passes=counter.passes[i],
+                    forward_rows=counter.rows[i],
+                    seconds=round(counter.seconds[i], 3),
                 )
                 for i, a in enumerate(items)
             ],
-            worst_case=[int(t.worst) / t.n for t in tallies],
+            worst_case=fractions(lambda t: t.worst),
+            draws=draws,
+            clean_majority=fractions(lambda t: t.clean_majority) if several else None,
+            clean_all_draws=fractions(lambda t: t.clean_all) if several else None,
+            worst_case_all_draws=fractions(lambda t: t.worst_all) if several else None,
+            outcomes={
+                name: torch.stack([torch.cat(t.outcomes[j]) for t in tallies]).cpu()
+                for j, name in enumerate(["clean", *(a.name for a in items)])
+            },
         )
         if checks and kept is not None:
             found, report.randomized = model_checks(model, *kept, unbounded_attack)
@@ -261,6 +401,24 @@ def evaluate(
         seed=seed,
     )
     return report
+
+
+_SETTING_TYPES = (bool, int, float, str, type(None))
+
+
+def attack_settings(attack: AttackLike) -> dict[str, Any]:
+    """An attack's public settings (numbers, strings, flags and their tuples), for the
+    report: enough to rerun it. The model and other objects are left out."""
+    settings: dict[str, Any] = {"class": type(attack).__name__}
+    for key, value in sorted(vars(attack).items()):
+        if key.startswith("_") or key == "model":
+            continue
+        if isinstance(value, (tuple, list)) and all(isinstance(x, _SETTING_TYPES) for x in value):
+            value = list(value)
+        elif not isinstance(value, _SETTING_TYPES):
+            continue
+        settings[key] = value
+    return settings
 
 
 def sweep_eps(

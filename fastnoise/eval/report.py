@@ -30,9 +30,11 @@ __all__ = [
     "STATUSES",
 ]
 
-# "info" carries a finding that is neither good nor bad (e.g. "this model is randomized");
-# "skip" marks a check that had nothing to compare.
-STATUSES = ("pass", "warn", "fail", "info", "skip")
+# "pass": the check's claim is shown; "fail": the problem is shown; "inconclusive": the
+# data show neither (e.g. two attacks too close to tell apart on this many samples; see
+# fastnoise.eval.checks). "info" carries a finding that is neither good nor bad (e.g. "this
+# model is randomized"); "skip" marks a check that had nothing to compare.
+STATUSES = ("pass", "warn", "fail", "inconclusive", "info", "skip")
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -62,6 +64,26 @@ def format_eps(eps: float, norm: str = "linf") -> str:
     return label if norm == "linf" else f"{label} ({norm.upper()})"
 
 
+_DRAWS_LEGEND = [
+    "One draw: the expected accuracy of the randomized model on a single forward (each "
+    "sample's clean and attacked inputs judged on the same draw). Majority: the class most "
+    "draws predict, as a deployment that votes would answer. Correct in all: robust against "
+    "an attacker allowed that many tries, who wins if any draw is wrong.",
+]
+
+
+def _pct_or_dash(values: Sequence[float] | None) -> str:
+    return "–" if not values else _pct(values)
+
+
+def _setting_text(value: Any) -> str:
+    if isinstance(value, float):
+        return format_eps(value) if on_255_grid(value) else f"{value:.6g}"
+    if isinstance(value, list):
+        return "(" + ", ".join(_setting_text(v) for v in value) + ")"
+    return str(value)
+
+
 def _pct(values: Sequence[float]) -> str:
     mean, std = mean_std(values)
     return f"{100 * mean:.2f} ± {100 * std:.2f}"
@@ -81,6 +103,25 @@ def _decode_float(x: float | str) -> float:
     return float(x)
 
 
+_NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def _encode_setting(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list):
+        return [_encode_setting(v) for v in value]
+    return value
+
+
+def _decode_setting(value: Any) -> Any:
+    if isinstance(value, str) and value in _NON_FINITE:
+        return _NON_FINITE[value]
+    if isinstance(value, list):
+        return [_decode_setting(v) for v in value]
+    return value
+
+
 @dataclass
 class AttackResult:
     """Robust accuracy of one attack, one fraction per repeat."""
@@ -91,6 +132,18 @@ class AttackResult:
     kind: str
     accuracies: list[float]
     eot: int = 1
+    # Everything needed to rerun it (attack_settings in evaluate.py), and what it spent
+    # over all repeats: forward passes of the model, rows (samples x copies) and seconds.
+    settings: dict[str, Any] = field(default_factory=dict)
+    forward_passes: int = 0
+    forward_rows: int = 0
+    seconds: float = 0.0
+    # With k > 1 judging draws: majority vote over them, and correct in every one.
+    majority: list[float] | None = None
+    all_draws: list[float] | None = None
+    # Samples it ran on when not the report's (a protocol's random subset, e.g. PNIL's
+    # SPSA on 1000 images); such an attack stays out of the per-sample worst case.
+    n_samples: int | None = None
 
     @property
     def bounded(self) -> bool:
@@ -107,11 +160,13 @@ class AttackResult:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["eps"] = _encode_float(self.eps)
+        d["settings"] = {k: _encode_setting(v) for k, v in self.settings.items()}
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AttackResult:
-        return cls(**{**d, "eps": _decode_float(d["eps"])})
+        settings = {k: _decode_setting(v) for k, v in d.get("settings", {}).items()}
+        return cls(**{**d, "eps": _decode_float(d["eps"]), "settings": settings})
 
 
 @dataclass
@@ -170,6 +225,12 @@ class RobustnessReport:
     checks: list[CheckResult] = field(default_factory=list)
     sweeps: list[SweepResult] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    # Noise draws each prediction was judged on (evaluate(draws=k)); with k > 1 the clean
+    # and worst-case figures also as a majority vote and as correct in every draw.
+    draws: int = 1
+    clean_majority: list[float] | None = None
+    clean_all_draws: list[float] | None = None
+    worst_case_all_draws: list[float] | None = None
     # Per-sample outcomes for the paired self-checks, in memory only (not in the JSON):
     # "clean" and each attack's name -> a bool tensor (repeats, n_samples), True where the
     # sample was classified correctly. Every outcome of one sample in one repeat is judged
@@ -206,31 +267,63 @@ class RobustnessReport:
     # -- Markdown ---------------------------------------------------------------------------
 
     def to_markdown(self) -> str:
+        k = self.draws
+        several = k > 1
         lines = [
             f"Robust accuracy on {self.n_samples} samples, mean ± std over {self.repeats} "
-            f"repeat(s). Randomized model: {_yes_no(self.randomized)}.",
+            f"repeat(s). Randomized model: {_yes_no(self.randomized)}. Every prediction for "
+            f"one sample is judged on the same noise ({k} draw{'s' if several else ''}).",
             "",
-            "| Attack | eps | Accuracy (%) |",
-            "|---|---|---|",
-            f"| Clean | – | {_pct(self.clean)} |",
         ]
+        if several:
+            lines += [
+                f"| Attack | eps | Accuracy, one draw (%) | Majority of {k} (%) "
+                f"| Correct in all {k} (%) |",
+                "|---|---|---|---|---|",
+            ]
+        else:
+            lines += ["| Attack | eps | Accuracy (%) |", "|---|---|---|"]
+
+        def row(label: str, eps: str, one: list[float], majority, every, bold=False) -> str:
+            cells = [_pct(one)] + ([_pct_or_dash(majority), _pct_or_dash(every)] if several else [])
+            if bold:
+                cells[0] = f"**{cells[0]}**"
+            return f"| {label} | {eps} | " + " | ".join(cells) + " |"
+
+        lines.append(row("Clean", "–", self.clean, self.clean_majority, self.clean_all_draws))
         for a in self.attacks:
             eot = f" (EOT×{a.eot})" if a.eot > 1 else ""
-            lines.append(f"| {a.name}{eot} | {format_eps(a.eps, a.norm)} | {_pct(a.accuracies)} |")
+            subset = f" (on {a.n_samples} images)" if a.n_samples is not None else ""
+            eps = format_eps(a.eps, a.norm)
+            label = f"{a.name}{eot}{subset}"
+            lines.append(row(label, eps, a.accuracies, a.majority, a.all_draws))
         best = self.effective
         if best is not None:
-            lines.append(
-                f"| **Effective robustness** (min over attacks: {best.name}) | "
-                f"{format_eps(best.eps, best.norm)} | **{_pct(best.accuracies)}** |"
-            )
+            label = f"**Effective robustness** (min over attacks: {best.name})"
+            eps = format_eps(best.eps, best.norm)
+            lines.append(row(label, eps, best.accuracies, best.majority, best.all_draws, True))
             which = "all attacks" if all(a.bounded for a in self.attacks) else "bounded attacks"
-            lines.append(f"| Per-sample worst case ({which}) | – | {_pct(self.worst_case)} |")
+            label = f"Per-sample worst case ({which})"
+            lines.append(row(label, "–", self.worst_case, None, self.worst_case_all_draws))
+        if several:
+            lines += ["", *_DRAWS_LEGEND]
+        lines += ["", *self._settings_markdown()]
         if self.sweeps:
             lines += ["", *self._sweep_markdown()]
         if self.checks:
             lines += ["", "| Check | Status | Explanation |", "|---|---|---|"]
             lines += [f"| {c.name} | {c.status.upper()} | {c.message} |" for c in self.checks]
         return "\n".join(lines) + "\n"
+
+    def _settings_markdown(self) -> list[str]:
+        """Each attack's settings and cost, so a number can be rerun from the report."""
+        lines = ["| Attack | Settings | Forward passes (rows) | Seconds |", "|---|---|---|---|"]
+        for a in self.attacks:
+            shown = ", ".join(f"{k}={_setting_text(v)}" for k, v in a.settings.items()) or "–"
+            lines.append(
+                f"| {a.name} | {shown} | {a.forward_passes} ({a.forward_rows}) | {a.seconds:.1f} |"
+            )
+        return lines
 
     def _sweep_markdown(self) -> list[str]:
         lines = []
@@ -258,6 +351,10 @@ class RobustnessReport:
             "checks": [asdict(c) for c in self.checks],
             "sweeps": [s.to_dict() for s in self.sweeps],
             "meta": dict(self.meta),
+            "draws": self.draws,
+            "clean_majority": self.clean_majority,
+            "clean_all_draws": self.clean_all_draws,
+            "worst_case_all_draws": self.worst_case_all_draws,
             # Derived numbers, for readers of the file; ignored by from_dict.
             "summary": self._summary(),
         }
@@ -285,6 +382,10 @@ class RobustnessReport:
             checks=[CheckResult(**c) for c in d.get("checks", [])],
             sweeps=[SweepResult.from_dict(s) for s in d.get("sweeps", [])],
             meta=dict(d.get("meta", {})),
+            draws=int(d.get("draws", 1)),
+            clean_majority=d.get("clean_majority"),
+            clean_all_draws=d.get("clean_all_draws"),
+            worst_case_all_draws=d.get("worst_case_all_draws"),
         )
 
     @classmethod
