@@ -46,7 +46,10 @@ def test_l2p_protocol_is_the_papers_settings():
 
 
 def test_cli_protocol_runs_a_limited_attack_on_a_random_subset(
-    tiny_checkpoint, tmp_path, monkeypatch, capsys  # noqa: F811
+    tiny_checkpoint,  # noqa: F811  (the fixture imported above)
+    tmp_path,
+    monkeypatch,
+    capsys,
 ):
     """A small stand-in protocol (the real budgets take hours on a CPU): its limited
     attack runs on a seeded random subset and is reported with its own sample count."""
