@@ -155,8 +155,11 @@ def _report(args, configs, reports, table, timings, total) -> str:
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads.",
         "",
         "These are short schedules on small subsets: they show that the pipeline runs end "
-        "to end and how the defenses behave, not the papers' accuracies. A defense that "
-        "only obfuscates gradients shows SPSA accuracy far below PGD; look for that. "
+        "to end and how the defenses behave, not the papers' accuracies. "
+        f"SPSA runs {args.spsa_steps} steps x 32 samples here, against the PNIL paper's "
+        "100 x 2048: at this budget it is far weaker than PGD, so SPSA accuracy above PGD's "
+        "cannot rule out obfuscated gradients (only SPSA well below PGD would be a finding); "
+        "the paper's test is `fastnoise eval --protocol pnil`, which takes hours on a CPU. "
         "Training is a few epochs, so Learn2Perturb's theta has barely left its initial "
         "0.25 (its regularizer is gamma = 1e-4). The checkpoints (`*/last.pt`, `*/best.pt`) "
         "load with `fastnoise.train.load_model` for further evaluation.",
