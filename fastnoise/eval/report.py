@@ -77,8 +77,8 @@ def _pct_or_dash(values: Sequence[float] | None) -> str:
 
 
 def _setting_text(value: Any) -> str:
-    if isinstance(value, float):
-        return format_eps(value) if on_255_grid(value) else f"{value:.6g}"
+    if isinstance(value, float):  # budgets on the pixel grid as k/255, others plainly
+        return format_eps(value) if on_255_grid(value) and value < 1 else f"{value:.6g}"
     if isinstance(value, list):
         return "(" + ", ".join(_setting_text(v) for v in value) + ")"
     return str(value)
