@@ -81,3 +81,32 @@ def test_cli_protocol_runs_a_limited_attack_on_a_random_subset(
     assert "on 3 images" in (out / "report.md").read_text()
     assert main([*argv[:7], "--attacks", "fgsm"]) == 2
     assert "--protocol sets the attacks" in capsys.readouterr().err
+    assert main([*argv[:7], "--eps", "4/255,8/255"]) == 2
+    assert "one budget" in capsys.readouterr().err
+
+
+def test_evaluate_takes_a_protocol_and_checks_its_arguments(monkeypatch):
+    from test_eval import Lookup, batches, lookup_data
+
+    from fastnoise.eval import evaluate
+
+    tiny = Protocol(
+        name="l2p",
+        source="test stand-in",
+        eps={"*": 8 / 255},
+        attacks=(AttackSpec("fgsm"), AttackSpec("pgd", {"steps": 2}, limit=4)),
+    )
+    monkeypatch.setitem(PROTOCOLS, "l2p", tiny)
+    x, y = lookup_data(12, wrong=())
+    report = evaluate(
+        Lookup(), batches(x, y), protocol="l2p", eps=8 / 255, repeats=1, progress=False, seed=1
+    )
+    assert [a.name for a in report.attacks] == ["fgsm", "pgd"]
+    assert report.attack("pgd").n_samples == 4 and report.n_samples == 12
+    assert report.meta["protocol"] == "l2p"
+    with pytest.raises(ValueError, match="needs eps="):
+        evaluate(Lookup(), batches(x, y), protocol="l2p")
+    with pytest.raises(ValueError, match="not both"):
+        evaluate(Lookup(), batches(x, y), [object()], protocol="l2p", eps=0.1)
+    with pytest.raises(TypeError, match="needs attacks"):
+        evaluate(Lookup(), batches(x, y))

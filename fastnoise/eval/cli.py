@@ -270,41 +270,6 @@ def _attack_builder(
     return build_attack
 
 
-def _evaluate_on_random_subset(
-    report: Any,
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    attack: Any,
-    limit: int,
-    args: argparse.Namespace,
-    progress: bool,
-) -> None:
-    """Run ``attack`` on ``limit`` test images drawn at random (seeded by --seed), as the
-    PNIL protocol runs SPSA on 1000, and add its result to ``report``, marked with its
-    own sample count. It stays out of the per-sample worst case (other samples)."""
-    from fastnoise.eval.checks import result_checks
-    from fastnoise.eval.evaluate import evaluate
-
-    generator = torch.Generator().manual_seed(args.seed)
-    picked = torch.randperm(len(y), generator=generator)[:limit].sort().values.to(y.device)
-    subset = _TensorBatches(x[picked], y[picked], args.batch_size)
-    part = evaluate(
-        model, subset, [attack], repeats=args.repeats, progress=progress, checks=False,
-        seed=args.seed, draws=args.draws,
-    )  # fmt: skip
-    result = part.attacks[0]
-    result.n_samples = part.n_samples
-    report.attacks.append(result)
-    report.meta.setdefault("subsets", {})[result.name] = {
-        "samples": part.n_samples,
-        "drawn_with_seed": args.seed,
-        "clean": part.clean,
-    }
-    names = {c.name for c in result_checks(report)}
-    report.checks = [c for c in report.checks if c.name not in names] + result_checks(report)
-
-
 def _error(message: str) -> int:
     print(f"fastnoise eval: error: {message}", file=sys.stderr)
     return 2
@@ -359,17 +324,13 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as err:
             return _error(str(err))
     eps = args.eps[0]
+    if protocol and len(args.eps) > 1:
+        return _error("--protocol evaluates at one budget; give --eps one value (or none)")
     build_attack = _attack_builder(args, model, source)
     try:
-        if protocol:
-            built = protocol.build(model, eps)
-            args.attacks = [a.name for a, _ in built]
-        else:
-            built = [(build_attack(n, eps), None) for n in args.attacks]
+        attacks = [] if protocol else [build_attack(n, eps) for n in args.attacks]
     except (TypeError, ValueError) as err:
         return _error(f"--attacks: {err}")
-    attacks = [a for a, limit in built if limit is None]
-    on_subsets = [(a, limit) for a, limit in built if limit is not None]
 
     progress = not args.no_progress
     report = evaluate(
@@ -382,9 +343,11 @@ def run(args: argparse.Namespace) -> int:
         check_samples=args.check_samples,
         seed=args.seed,
         draws=args.draws,
+        protocol=args.protocol,
+        eps=eps if protocol else None,
     )
-    for attack, limit in on_subsets:
-        _evaluate_on_random_subset(report, model, x, y, attack, limit, args, progress)
+    if protocol:
+        args.attacks = [a.name for a in report.attacks]
     if len(args.eps) > 1:
         names = args.sweep_attacks or [
             n

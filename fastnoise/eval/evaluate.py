@@ -309,7 +309,7 @@ def _print_estimate(first_batch_s: float, batch: int, total: int, bar: tqdm) -> 
 def evaluate(
     model: nn.Module,
     loader: Iterable[Any],
-    attacks: Sequence[AttackLike] | Mapping[str, AttackLike],
+    attacks: Sequence[AttackLike] | Mapping[str, AttackLike] | None = None,
     repeats: int = 5,
     device: torch.device | str | None = None,
     progress: bool = True,
@@ -320,6 +320,8 @@ def evaluate(
     seed: int | None = None,
     batch_size: int = 128,
     draws: int = 1,
+    protocol: str | None = None,
+    eps: float | None = None,
 ) -> RobustnessReport:
     """Clean and robust accuracy (mean ± std over ``repeats``) plus the self-checks.
 
@@ -329,6 +331,11 @@ def evaluate(
     a randomized model, the majority vote over them and the fraction correct in every
     one (robust against an attacker allowed ``draws`` tries); the headline accuracy stays
     the expected accuracy of one draw (draw 0).
+
+    ``protocol="pnil"`` or ``"l2p"`` (instead of ``attacks``) runs that paper's attacks at
+    budget ``eps`` (:mod:`fastnoise.eval.protocols`; ``get_protocol(name).eps_for(data
+    set)`` gives the paper's); an attack the protocol runs on a random subset (PNIL's
+    SPSA on 1000 images) is reported with its own sample count.
 
     ``loader`` yields ``(x, y)`` batches of [0, 1] pixels, the same samples every repeat,
     or is one ``(x, y)`` pair of tensors, attacked in batches of ``batch_size``.
@@ -340,7 +347,25 @@ def evaluate(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    items = _check_attacks(attacks)
+    limited: list[tuple[AttackLike, int]] = []
+    if protocol is not None:
+        if attacks:
+            raise ValueError("pass attacks or protocol=, not both: the protocol sets the attacks")
+        if eps is None:
+            raise ValueError(
+                "protocol= needs eps=, the budget (get_protocol(name).eps_for(dataset) gives "
+                "the paper's)"
+            )
+        from fastnoise.eval.protocols import get_protocol
+
+        built = get_protocol(protocol).build(model, v.check_non_negative_number("eps", eps))
+        attacks = [a for a, limit in built if limit is None]
+        limited = [(a, limit) for a, limit in built if limit is not None]
+    elif attacks is None:
+        raise TypeError("evaluate needs attacks (or protocol= and eps=)")
+    if isinstance(attacks, Mapping):
+        attacks = list(attacks.values())
+    items = _check_attacks([*attacks, *(a for a, _ in limited)])[: len(attacks)]
     v.check_positive_int("repeats", repeats)
     v.check_positive_int("check_samples", check_samples)
     v.check_positive_int("draws", draws)
@@ -394,13 +419,57 @@ def evaluate(
         if checks and kept is not None:
             found, report.randomized = model_checks(model, *kept, unbounded_attack)
             report.checks = found + result_checks(report)
+    for attack, limit in limited:
+        _add_random_subset_attack(
+            report, model, loader, attack, limit, repeats=repeats, device=device,
+            progress=progress, seed=seed, draws=draws, batch_size=batch_size,
+        )  # fmt: skip
     report.meta.update(
         device=str(device),
         torch=torch.__version__,
         seconds=round(time.perf_counter() - started, 3),
         seed=seed,
+        protocol=protocol,
     )
     return report
+
+
+def _add_random_subset_attack(
+    report: RobustnessReport,
+    model: nn.Module,
+    loader: Iterable[Any],
+    attack: AttackLike,
+    limit: int,
+    *,
+    repeats: int,
+    device: torch.device,
+    progress: bool,
+    seed: int | None,
+    draws: int,
+    batch_size: int,
+) -> None:
+    """Run ``attack`` on ``limit`` of the loader's samples drawn at random (seeded by
+    ``seed``, else 0), as the PNIL protocol runs SPSA on 1000 images, and add its result
+    with its own sample count. It stays out of the per-sample worst case (other samples)."""
+    x, y = (torch.cat(parts) for parts in zip(*_batches(loader, device), strict=True))
+    generator = torch.Generator().manual_seed(0 if seed is None else seed)
+    picked = torch.randperm(len(y), generator=generator)[:limit].sort().values.to(device)
+    part = evaluate(
+        model, (x[picked], y[picked]), [attack], repeats, device, progress, checks=False,
+        seed=seed, draws=draws, batch_size=batch_size,
+    )  # fmt: skip
+    result = part.attacks[0]
+    result.n_samples = part.n_samples
+    report.attacks.append(result)
+    report.meta.setdefault("subsets", {})[result.name] = {
+        "samples": part.n_samples,
+        "drawn_with_seed": 0 if seed is None else seed,
+        "clean": part.clean,
+    }
+    if report.checks:
+        refreshed = result_checks(report)
+        names = {c.name for c in refreshed}
+        report.checks = [c for c in report.checks if c.name not in names] + refreshed
 
 
 _SETTING_TYPES = (bool, int, float, str, type(None))
