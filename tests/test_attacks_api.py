@@ -32,6 +32,7 @@ FAST = {
     "eot-pgd": dict(steps=2, alpha=0.05, eot=3),
     "cw": dict(steps=10, binary_steps=2, lr=0.05),
     "spsa": dict(steps=2, samples=16),
+    "square": dict(queries=10),
     "pixel": dict(population=8, iterations=2),
     "apgd": dict(steps=4, eot=2),
     "apgd-dlr": dict(steps=4, eot=2),

@@ -24,6 +24,7 @@ from fastnoise.attacks.few_pixel import FewPixel
 from fastnoise.attacks.fgsm import FGSM
 from fastnoise.attacks.pgd import PGD
 from fastnoise.attacks.spsa import SPSA, spsa_gradient
+from fastnoise.attacks.square import Square
 from fastnoise.attacks.transfer import Transfer
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "FewPixel",
     "PGD",
     "SPSA",
+    "Square",
     "Transfer",
     "build",
     "eot_evaluate",
@@ -50,7 +52,9 @@ __all__ = [
 DEFAULT_EOT_PGD = 16  # copies for "eot-pgd" when the caller gives no eot
 DEFAULT_APGD_EOT = 20  # AutoAttack's "rand" protocol
 
-ATTACK_NAMES = ("fgsm", "pgd", "eot-pgd", "cw", "spsa", "pixel", "apgd", "apgd-dlr", "transfer")
+ATTACK_NAMES = (
+    "fgsm", "pgd", "eot-pgd", "cw", "spsa", "square", "pixel", "apgd", "apgd-dlr", "transfer",
+)  # fmt: skip
 
 
 def build(name: str, model: nn.Module, eps: float, **kw) -> Attack:
@@ -77,6 +81,8 @@ def build(name: str, model: nn.Module, eps: float, **kw) -> Attack:
         return CW(model, eps, **kw)
     if key == "spsa":
         return SPSA(model, eps, **kw)
+    if key == "square":
+        return Square(model, eps, **kw)
     if key == "pixel":
         return FewPixel(model, eps=eps, **kw)
     if key in ("apgd", "apgd-dlr"):
