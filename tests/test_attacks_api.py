@@ -36,6 +36,7 @@ FAST = {
     "pixel": dict(population=8, iterations=2),
     "apgd": dict(steps=4, eot=2),
     "apgd-dlr": dict(steps=4, eot=2),
+    "apgd-t": dict(steps=4, eot=2, n_target_classes=2),
     "transfer": dict(steps=2),
 }
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from fastnoise.attacks.apgd import APGD
+from fastnoise.attacks.apgd import APGD, APGDT
 from fastnoise.attacks.base import KINDS, Attack
 from fastnoise.attacks.cw import CW
 from fastnoise.attacks.eot import (
@@ -31,6 +31,7 @@ __all__ = [
     "ATTACK_NAMES",
     "KINDS",
     "APGD",
+    "APGDT",
     "Attack",
     "CW",
     "EOTResult",
@@ -53,7 +54,8 @@ DEFAULT_EOT_PGD = 16  # copies for "eot-pgd" when the caller gives no eot
 DEFAULT_APGD_EOT = 20  # AutoAttack's "rand" protocol
 
 ATTACK_NAMES = (
-    "fgsm", "pgd", "eot-pgd", "cw", "spsa", "square", "pixel", "apgd", "apgd-dlr", "transfer",
+    "fgsm", "pgd", "eot-pgd", "cw", "spsa", "square", "pixel", "apgd", "apgd-dlr", "apgd-t",
+    "transfer",
 )  # fmt: skip
 
 
@@ -75,7 +77,7 @@ def build(name: str, model: nn.Module, eps: float, **kw) -> Attack:
     if key == "eot-pgd":
         kw.setdefault("eot", DEFAULT_EOT_PGD)
         attack = PGD(model, eps, **kw)
-        attack.name = "eot-pgd"
+        attack.name = "eot-pgd" + ("-targeted" if attack.targeted else "")
         return attack
     if key == "cw":
         return CW(model, eps, **kw)
@@ -90,6 +92,11 @@ def build(name: str, model: nn.Module, eps: float, **kw) -> Attack:
             raise TypeError(f"{key!r} fixes the loss; use 'apgd' (CE) or 'apgd-dlr' (DLR)")
         kw.setdefault("eot", DEFAULT_APGD_EOT)
         return APGD(model, eps, loss="ce" if key == "apgd" else "dlr", **kw)
+    if key == "apgd-t":
+        if "loss" in kw:
+            raise TypeError("'apgd-t' fixes the loss (targeted DLR)")
+        kw.setdefault("eot", DEFAULT_APGD_EOT)
+        return APGDT(model, eps, **kw)
     if key == "transfer":
         source = kw.pop("source_model", None)
         if source is None:

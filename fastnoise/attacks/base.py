@@ -23,7 +23,7 @@ from fastnoise.attacks.eot import EOTResult, eot_evaluate, eot_gradient, rows_sh
 __all__ = ["Attack", "KINDS", "NORMS"]
 
 KINDS = ("single-step", "iterative", "gradient-free", "transfer")
-NORMS = ("linf", "l2", "l0")
+NORMS = ("linf", "l2", "l1", "l0")
 _INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 

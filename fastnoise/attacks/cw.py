@@ -5,6 +5,11 @@ Minimizes ``||x' - x||_2^2 + c * f(x')`` with ``f(x') = max(z_y - max_{i != y} z
 change of variables of their Sec. V-A, which keeps x' in the box), by Adam on w. A
 binary search over c per sample keeps the smallest-norm successful example.
 
+Targeted (``targeted=True``, ``target=`` labels, ``"random"`` or ``"least-likely"``, see
+:mod:`fastnoise.attacks.targets`), f is their f_6 toward the target t as the paper
+defines it, ``f(x') = max(max_{i != t} z_i - z_t, -kappa)``, and success means
+predicting t (by at least kappa).
+
 CW is a minimum-norm attack: it has no budget. ``eps`` is only the reporting bound of
 the L2 norm (``math.inf`` by default): samples whose best example is farther than eps,
 or that were never fooled, are returned unchanged.
@@ -20,6 +25,7 @@ from torch import nn
 
 from fastnoise import _validation as v
 from fastnoise.attacks import _losses
+from fastnoise.attacks import targets as _targets
 from fastnoise.attacks.base import Attack
 
 __all__ = ["CW"]
@@ -53,6 +59,8 @@ class CW(Attack):
         kappa: float = 0.0,
         *,
         abort_early: bool = True,
+        targeted: bool = False,
+        target: torch.Tensor | str | None = None,
         eot: int = 1,
         eot_chunk: int | None = None,
         clip: Sequence[float] = (0.0, 1.0),
@@ -83,13 +91,26 @@ class CW(Attack):
         self.lr = v.check_non_negative_number("lr", lr)
         self.kappa = v.check_non_negative_number("kappa", kappa)
         self.abort_early = bool(abort_early)
+        self.target = _targets.check_target(targeted, target)
+        self.targeted = targeted
+        if targeted:
+            self.name = "cw-targeted"
 
-    def _objective(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        # f_6 = max(z_y - max_{i != y} z_i, -kappa): zero gradient once kappa-confident.
-        return (-_losses.margin(logits, y)).clamp_min(-self.kappa)
+    @staticmethod
+    def _gap(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # How far past the boundary: max_{i != y} z_i - z_y, or z_t - max_{i != t} z_i
+        # toward a target (labels packed [y, t]).
+        if labels.dim() == 2:
+            return -_losses.margin(logits, labels[:, 1])
+        return _losses.margin(logits, labels)
 
-    def _fooled(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        gap = _losses.margin(logits, y)
+    def _objective(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # f_6 = max(z_y - max_{i != y} z_i, -kappa) untargeted, max(max_{i != t} z_i - z_t,
+        # -kappa) targeted: zero gradient once kappa-confident.
+        return (-self._gap(logits, labels)).clamp_min(-self.kappa)
+
+    def _fooled(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        gap = self._gap(logits, labels)
         return (gap > 0) & (gap >= self.kappa)
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -105,6 +126,7 @@ class CW(Attack):
         c_upper = torch.full((batch,), self.c_range[1], device=x.device)
         best_norm = torch.full((batch,), math.inf, device=x.device)
         best_adv = x.clone()
+        labels = _targets.attack_labels(self, self.target, x, y)  # y, or [y, t] rows
 
         for _ in range(self.binary_steps):
             w = w_clean.clone().requires_grad_(True)
@@ -113,10 +135,10 @@ class CW(Attack):
             previous = math.inf
             for step in range(self.steps):
                 x_adv = to_box(w.detach())
-                score = self.gradient(self._objective, x_adv.to(x.dtype), y)
+                score = self.gradient(self._objective, x_adv.to(x.dtype), labels)
                 sq_norm = (x_adv - xf).flatten(1).pow(2).sum(1)
                 # Record before the step: x_adv is the point these logits belong to.
-                fooled = self._fooled(score.logits, y)
+                fooled = self._fooled(score.logits, labels)
                 better = fooled & (sq_norm.sqrt() < best_norm)
                 best_norm = torch.where(better, sq_norm.sqrt(), best_norm)
                 best_adv = torch.where(better.view(shape), x_adv.to(x.dtype), best_adv)

@@ -4,6 +4,7 @@
 (Markdown, JSON, ``save(folder)``); ``sweep_eps`` gives accuracy-vs-eps curves.
 """
 
+from fastnoise.eval.autoattack import AutoAttackReport, autoattack
 from fastnoise.eval.checks import (
     check_eot_on_randomized,
     check_eps_sweeps,
@@ -19,6 +20,7 @@ from fastnoise.eval.checks import (
 )
 from fastnoise.eval.evaluate import AttackLike, evaluate, sweep_eps
 from fastnoise.eval.plots import plot_accuracy_vs_eps, plot_attack_accuracy
+from fastnoise.eval.protocols import PROTOCOLS, get_protocol
 from fastnoise.eval.report import (
     AttackResult,
     CheckResult,
@@ -30,6 +32,10 @@ from fastnoise.eval.report import (
 
 __all__ = [
     "AttackLike",
+    "AutoAttackReport",
+    "PROTOCOLS",
+    "autoattack",
+    "get_protocol",
     "AttackResult",
     "CheckResult",
     "RobustnessReport",

@@ -106,6 +106,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "C&W-L2); see fastnoise/eval/protocols.py. Replaces --attacks and the attack flags",
     )
     parser.add_argument(
+        "--autoattack",
+        choices=("standard", "rand"),
+        default=None,
+        help="run the AutoAttack cascade instead of --attacks (standard: APGD-CE, APGD-T, "
+        "multi-targeted PGD, Square; rand: APGD-CE and APGD-DLR with EOT 20) and write "
+        "autoattack.md, autoattack.json and robustbench.json",
+    )
+    parser.add_argument(
         "--attacks",
         type=_attack_names,
         default=None,
@@ -270,6 +278,27 @@ def _attack_builder(
     return build_attack
 
 
+def _run_autoattack(args, model, loader, eps, dataset, out, progress) -> int:
+    import json
+
+    from fastnoise.eval.autoattack import autoattack
+
+    report = autoattack(
+        model, loader, eps, "Linf", args.autoattack, seed=args.seed, progress=progress,
+        draws=args.draws if args.draws > 1 else None,
+    )  # fmt: skip
+    report.meta.update(checkpoint=os.path.abspath(args.checkpoint), dataset=dataset)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "autoattack.md"), "w") as handle:
+        handle.write(report.to_markdown())
+    with open(os.path.join(out, "autoattack.json"), "w") as handle:
+        json.dump(report.to_dict(), handle, indent=2)
+    report.to_robustbench_json(os.path.join(out, "robustbench.json"), dataset=dataset)
+    print(report.to_markdown())
+    print(f"AutoAttack report written to {out}")
+    return 0
+
+
 def _error(message: str) -> int:
     print(f"fastnoise eval: error: {message}", file=sys.stderr)
     return 2
@@ -333,6 +362,9 @@ def run(args: argparse.Namespace) -> int:
         return _error(f"--attacks: {err}")
 
     progress = not args.no_progress
+    out = args.out or os.path.splitext(args.checkpoint)[0] + "-eval"
+    if args.autoattack:
+        return _run_autoattack(args, model, loader, eps, dataset, out, progress)
     report = evaluate(
         model,
         loader,
@@ -377,7 +409,6 @@ def run(args: argparse.Namespace) -> int:
         protocol=protocol.name if protocol else None,
         protocol_source=protocol.source if protocol else None,
     )
-    out = args.out or os.path.splitext(args.checkpoint)[0] + "-eval"
     paths = report.save(out)
     print(report.to_markdown())
     print("Report written to " + ", ".join(paths.values()))

@@ -1,0 +1,322 @@
+"""AutoAttack for randomized defenses: the cascade, confirmed successes, RobustBench output.
+
+``standard`` (Croce & Hein, 2020): APGD-CE, APGD-T (targeted DLR, top-9 classes), a
+targeted minimum-margin stage, then Square (5000 queries). fastnoise has no FAB, so the
+third stage is a substitute: multi-targeted PGD on the margin (CW) loss over the same
+top-9 classes (Gowal et al., 2019, "An alternative surrogate loss for PGD-based
+adversarial testing"), 100 steps of 2 * eps / 100. ``rand``: APGD-CE and APGD-DLR with
+EOT over 20 draws, as AutoAttack's version for randomized defenses.
+
+Each stage attacks only the points still robust. AutoAttack decides success from one
+draw's logits, so on a randomized model a lucky draw counts as a break; here every
+prediction is a majority vote over ``draws`` noise draws (default 5 on a randomized
+model, 1 on a deterministic one): a point is clean-correct when the vote is right, and
+broken when the vote on its adversarial example is wrong. ``unconfirmed`` counts the
+examples some draw misclassified but the vote did not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from fastnoise import _validation as v
+from fastnoise.eval.report import format_eps
+
+__all__ = ["AutoAttackReport", "StageResult", "autoattack", "VERSIONS"]
+
+VERSIONS = ("standard", "rand")
+NORMS = {"linf": "Linf", "l2": "L2"}
+RANDOMIZED_DRAWS = 5  # votes per prediction on a randomized model
+TOP_TARGETS = 9  # AutoAttack's targeted stages: the 9 most likely wrong classes
+
+
+@dataclass
+class StageResult:
+    name: str
+    robust_accuracy: float  # after this stage, over all samples
+    attacked: int  # points still robust when it started
+    broken: int  # points it broke (vote wrong on its example)
+    unconfirmed: int  # examples some draw misclassified, the vote did not
+    forward_passes: int
+    forward_rows: int
+    seconds: float
+
+
+@dataclass
+class AutoAttackReport:
+    version: str
+    norm: str  # "Linf" or "L2"
+    eps: float
+    n_samples: int
+    draws: int  # votes per prediction
+    clean_accuracy: float
+    robust_accuracy: float
+    stages: list[StageResult] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def forward_passes(self) -> int:
+        """Forward passes of the model the attacks spent (the votes not counted)."""
+        return sum(s.forward_passes for s in self.stages)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "forward_passes": self.forward_passes}
+
+    def to_robustbench_json(self, path: str | os.PathLike[str] | None = None, **fields) -> dict:
+        """The result fields of a RobustBench model entry (accuracies in percent, two
+        decimals, as strings). ``fields`` fills the ones fastnoise cannot know (name, link,
+        authors, venue, architecture, dataset, additional_data, footnote). Written to
+        ``path`` as JSON when given."""
+        entry = {
+            "link": "",
+            "name": "",
+            "authors": "",
+            "additional_data": False,
+            "number_forward_passes": self.draws,  # per prediction, as RobustBench counts
+            "dataset": "",
+            "venue": "",
+            "architecture": "",
+            "eps": format_eps(self.eps, "linf") if self.norm == "Linf" else f"{self.eps:g}",
+            "threat_model": self.norm,
+            "clean_acc": f"{100 * self.clean_accuracy:.2f}",
+            "reported": "",
+            "autoattack_acc": f"{100 * self.robust_accuracy:.2f}",
+            "footnote": (
+                f"fastnoise autoattack version={self.version}, {self.n_samples} samples, "
+                f"majority vote over {self.draws} noise draw(s) per prediction"
+            ),
+            **fields,
+        }
+        if path is not None:
+            with open(path, "w") as handle:
+                json.dump(entry, handle, indent=2)
+        return entry
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"AutoAttack ({self.version}, {self.norm}, eps = {format_eps(self.eps)}) on "
+            f"{self.n_samples} samples, each prediction a majority vote over {self.draws} "
+            "noise draw(s).",
+            "",
+            "| Stage | Attacked | Broken | Unconfirmed | Robust accuracy (%) | Forward passes "
+            "| Seconds |",
+            "|---|---|---|---|---|---|---|",
+            f"| clean | – | – | – | {100 * self.clean_accuracy:.2f} | – | – |",
+        ]
+        for s in self.stages:
+            lines.append(
+                f"| {s.name} | {s.attacked} | {s.broken} | {s.unconfirmed} | "
+                f"{100 * s.robust_accuracy:.2f} | {s.forward_passes} | {s.seconds:.1f} |"
+            )
+        lines.append(f"| **AutoAttack** | | | | **{100 * self.robust_accuracy:.2f}** | "
+                     f"{self.forward_passes} | |")  # fmt: skip
+        return "\n".join(lines) + "\n"
+
+
+def _stages(
+    model: nn.Module, eps: float, norm: str, version: str, steps: int, queries: int
+) -> list[tuple[str, Any]]:
+    """(name, attack factory taking (x, y) -> attack) for each stage."""
+    from fastnoise.attacks import APGD, Square
+    from fastnoise.attacks.apgd import APGDT
+
+    if version == "rand":
+        return [
+            ("apgd-ce", lambda x, y: APGD(model, eps, "ce", steps, eot=20, norm=norm)),
+            ("apgd-dlr", lambda x, y: APGD(model, eps, "dlr", steps, eot=20, norm=norm)),
+        ]
+    return [
+        ("apgd-ce", lambda x, y: APGD(model, eps, "ce", steps, eot=1, norm=norm)),
+        ("apgd-t", lambda x, y: APGDT(model, eps, steps, eot=1, norm=norm)),
+        ("mt-pgd", lambda x, y: _MultiTargetedPGD(model, eps, norm, steps)),
+        ("square", lambda x, y: Square(model, eps, norm=norm, queries=queries)),
+    ]
+
+
+class _MultiTargetedPGD:
+    """Targeted PGD on the margin loss toward each of the top-9 wrong classes in turn; a
+    point keeps its first success (the FAB-T substitute, see the module docstring)."""
+
+    def __init__(self, model: nn.Module, eps: float, norm: str, steps: int = 100) -> None:
+        self.model, self.eps, self.norm, self.steps = model, eps, norm, steps
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        from fastnoise.attacks import PGD
+
+        with torch.no_grad():
+            logits = self.model(x)
+        logits = logits.scatter(1, y[:, None], -math.inf)  # never target the true class
+        order = logits.argsort(dim=1, descending=True)
+        x_adv, done = x.clone(), torch.zeros(len(y), dtype=torch.bool, device=x.device)
+        for k in range(min(TOP_TARGETS, logits.shape[1] - 1)):
+            rows = (~done).nonzero().flatten()
+            if rows.numel() == 0:
+                break
+            target = order[rows, k]
+            attack = PGD(
+                self.model, self.eps, alpha=2 * self.eps / self.steps, steps=self.steps,
+                norm=self.norm, loss="margin", targeted=True, target=target,
+            )  # fmt: skip
+            found = attack(x[rows], y[rows])
+            with torch.no_grad():
+                hit = self.model(found).argmax(1) != y[rows]
+            x_adv[rows[hit]] = found[hit]
+            done[rows[hit]] = True
+        return x_adv
+
+
+class _Votes:
+    """Majority-vote predictions over ``draws`` forwards (one per draw)."""
+
+    def __init__(self, model: nn.Module, draws: int) -> None:
+        self.model, self.draws = model, draws
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(vote correct, every draw correct) per sample."""
+        preds = torch.stack([self.model(x).argmax(1) for _ in range(self.draws)])
+        return preds.mode(dim=0).values == y, (preds == y).all(dim=0)
+
+
+class _Counter:
+    def __init__(self, model: nn.Module) -> None:
+        self.passes = self.rows = 0
+        self.active = False
+        self.handle = model.register_forward_pre_hook(self._count)
+
+    def _count(self, module: nn.Module, args: tuple) -> None:
+        if self.active and args and isinstance(args[0], torch.Tensor):
+            self.passes += 1
+            self.rows += args[0].shape[0]
+
+
+def autoattack(
+    model: nn.Module,
+    loader: Iterable[Any],
+    eps: float,
+    norm: str = "Linf",
+    version: str = "standard",
+    *,
+    draws: int | None = None,
+    stages: Sequence[str] | None = None,
+    steps: int = 100,
+    queries: int = 5000,
+    seed: int | None = 0,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    batch_size: int = 128,
+) -> AutoAttackReport:
+    """Run the AutoAttack cascade (see the module docstring) on ``loader`` (``(x, y)``
+    batches of [0, 1] pixels, or one ``(x, y)`` pair of tensors) at budget ``eps``.
+
+    ``draws``: votes per prediction (None: 5 on a randomized model, 1 otherwise).
+    ``stages`` runs only the named stages, in the version's order; ``steps`` (gradient
+    stages) and ``queries`` (Square) default to AutoAttack's 100 and 5000.
+    """
+    from fastnoise.eval.checks import is_randomized
+    from fastnoise.eval.evaluate import (
+        _as_loader,
+        _batches,
+        _frozen_eval,
+        _resolve_device,
+        _seeded,
+    )
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    key = str(norm).lower()
+    if key not in NORMS:
+        raise ValueError(f"norm must be 'Linf' or 'L2', got {norm!r}")
+    if version not in VERSIONS:
+        raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+    eps = v.check_non_negative_number("eps", eps)
+    if not math.isfinite(eps):
+        raise ValueError(f"eps must be finite, got {eps}")
+    if draws is not None:
+        v.check_positive_int("draws", draws)
+    v.check_positive_int("steps", steps)
+    v.check_positive_int("queries", queries)
+    plan = _stages(model, eps, key, version, steps, queries)
+    if stages is not None:
+        known = [name for name, _ in plan]
+        unknown = [s for s in stages if s not in known]
+        if unknown or not stages:
+            raise ValueError(f"stages must name stages of {version!r}: {known}, got {stages}")
+        plan = [(name, make) for name, make in plan if name in stages]
+    device = _resolve_device(model, device)
+    loader = _as_loader(loader, batch_size)
+    started = time.perf_counter()
+    with _frozen_eval(model), _seeded(seed, device):
+        x, y = (torch.cat(parts) for parts in zip(*_batches(loader, device), strict=True))
+        if len(y) == 0:
+            raise ValueError("loader yielded no samples")
+        if draws is None:
+            draws = RANDOMIZED_DRAWS if is_randomized(model, x[: min(len(x), 16)]) else 1
+        votes = _Votes(model, draws)
+        robust = torch.cat([votes(xb, yb)[0] for xb, yb in _chunks(x, y, batch_size)])
+        report = AutoAttackReport(
+            version=version, norm=NORMS[key], eps=eps, n_samples=len(y), draws=draws,
+            clean_accuracy=float(robust.float().mean()), robust_accuracy=0.0,
+        )  # fmt: skip
+        counter = _Counter(model)
+        try:
+            for name, make in tqdm(plan, desc="autoattack", disable=not progress):
+                report.stages.append(
+                    _run_stage(name, make, x, y, robust, votes, counter, batch_size, device)
+                )
+        finally:
+            counter.handle.remove()
+        report.robust_accuracy = float(robust.float().mean())
+    report.meta.update(
+        seed=seed, device=str(device), torch=torch.__version__,
+        seconds=round(time.perf_counter() - started, 3),
+    )  # fmt: skip
+    return report
+
+
+def _chunks(x: torch.Tensor, y: torch.Tensor, size: int):
+    for start in range(0, len(y), size):
+        yield x[start : start + size], y[start : start + size]
+
+
+def _run_stage(name, make, x, y, robust, votes, counter, batch_size, device) -> StageResult:
+    """Attack the still-robust points with one stage; update ``robust`` in place."""
+    rows = robust.nonzero().flatten()
+    before_passes, before_rows = counter.passes, counter.rows
+    started = time.perf_counter()
+    broken = unconfirmed = 0
+    for start in range(0, rows.numel(), batch_size):
+        idx = rows[start : start + batch_size]
+        attack = make(x[idx], y[idx])
+        counter.active = True
+        try:
+            with torch.enable_grad():
+                x_adv = attack(x[idx], y[idx]).detach()
+        finally:
+            counter.active = False
+        vote_right, all_right = votes(x_adv, y[idx])
+        robust[idx[~vote_right]] = False
+        broken += int((~vote_right).sum())
+        unconfirmed += int((vote_right & ~all_right).sum())
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return StageResult(
+        name=name,
+        robust_accuracy=float(robust.float().mean()),
+        attacked=int(rows.numel()),
+        broken=broken,
+        unconfirmed=unconfirmed,
+        forward_passes=counter.passes - before_passes,
+        forward_rows=counter.rows - before_rows,
+        seconds=round(time.perf_counter() - started, 3),
+    )
