@@ -251,3 +251,24 @@ def test_probing_for_shared_draws_leaves_the_random_stream_alone():
     torch.manual_seed(14)
     rows_share_noise(model, x)
     torch.testing.assert_close(torch.rand(3), before)
+
+
+def test_the_free_functions_probe_a_module_once_while_it_is_unchanged():
+    calls = []
+
+    class Counting(NoisyMLP):
+        def forward(self, x):
+            calls.append(x.shape[0])
+            return super().forward(x)
+
+    model = Counting(FEATURES)
+    x, y = torch.rand(3, FEATURES), torch.randint(0, 5, (3,))
+    eot_gradient(model, cross_entropy, x, y, eot=4)
+    assert calls == [2, 3 * 4]  # the probe's one forward (rows differ), then the pass
+    calls.clear()
+    eot_gradient(model, cross_entropy, x, y, eot=4)
+    assert calls == [3 * 4]  # cached
+    calls.clear()
+    model.train()  # a changed model is probed again
+    eot_gradient(model, cross_entropy, x, y, eot=4)
+    assert calls == [2, 3 * 4]

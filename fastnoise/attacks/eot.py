@@ -24,6 +24,7 @@ mode): attacks run the model in eval mode by default.
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -86,14 +87,34 @@ def rows_share_noise(forward: Forward, x: torch.Tensor) -> bool:
         return not torch.equal(first, forward(rows))
 
 
+# Probe results per module, keyed by its structure (module types, training and enabled
+# flags): a later call on the same, unchanged model skips the probe's two forwards.
+_PROBED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _structure(module: torch.nn.Module) -> tuple:
+    return tuple((type(m), m.training, getattr(m, "enabled", None)) for m in module.modules())
+
+
+def _shares_noise(forward: Forward, x: torch.Tensor) -> bool:
+    if not isinstance(forward, torch.nn.Module):
+        return rows_share_noise(forward, x)
+    structure = _structure(forward)
+    cached = _PROBED.get(forward)
+    if cached is None or cached[0] != structure:
+        cached = _PROBED[forward] = (structure, rows_share_noise(forward, x))
+    return cached[1]
+
+
 def resolve_separate_passes(
     separate_passes: bool | None, forward: Forward, x: torch.Tensor, eot: int, owner: str = ""
 ) -> bool:
-    """``separate_passes`` as given, or (None) probed with :func:`rows_share_noise`,
-    warning when the copies must run as separate passes."""
+    """``separate_passes`` as given, or (None) probed with :func:`rows_share_noise` (once
+    per module while its structure is unchanged), warning when the copies must run as
+    separate passes."""
     if separate_passes is not None:
         return bool(separate_passes)
-    if eot <= 1 or not rows_share_noise(forward, x):
+    if eot <= 1 or not _shares_noise(forward, x):
         return False
     warnings.warn(
         f"{owner or 'the model'} draws its noise once per forward pass (rows of one batch "
