@@ -269,6 +269,6 @@ def test_the_free_functions_probe_a_module_once_while_it_is_unchanged():
     eot_gradient(model, cross_entropy, x, y, eot=4)
     assert calls == [3 * 4]  # cached
     calls.clear()
-    model.train()  # a changed model is probed again
+    model.eval()  # a changed model (it was in training mode) is probed again
     eot_gradient(model, cross_entropy, x, y, eot=4)
     assert calls == [2, 3 * 4]
