@@ -13,6 +13,10 @@ prediction is a majority vote over ``draws`` noise draws (default 5 on a randomi
 model, 1 on a deterministic one): a point is clean-correct when the vote is right, and
 broken when the vote on its adversarial example is wrong. ``unconfirmed`` counts the
 examples some draw misclassified but the vote did not.
+
+Under ``torchrun`` the samples are sharded over the ranks (:mod:`fastnoise.eval.distributed`):
+each rank runs the cascade on its own, and the clean, robust, attacked, broken and
+unconfirmed counts, forward passes, rows and stage seconds (device-seconds) are summed.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fastnoise import _validation as v
+from fastnoise.eval import distributed as D
 from fastnoise.eval.report import format_eps
 
 __all__ = ["AutoAttackReport", "StageResult", "autoattack", "VERSIONS"]
@@ -215,6 +220,7 @@ def autoattack(
     device: torch.device | str | None = None,
     progress: bool = True,
     batch_size: int = 128,
+    distributed: bool | None = None,
 ) -> AutoAttackReport:
     """Run the AutoAttack cascade (see the module docstring) on ``loader`` (``(x, y)``
     batches of [0, 1] pixels, or one ``(x, y)`` pair of tensors) at budget ``eps``.
@@ -222,6 +228,14 @@ def autoattack(
     ``draws``: votes per prediction (None: 5 on a randomized model, 1 otherwise).
     ``stages`` runs only the named stages, in the version's order; ``steps`` (gradient
     stages) and ``queries`` (Square) default to AutoAttack's 100 and 5000.
+
+    Under ``torchrun`` (``distributed`` as for :func:`~fastnoise.eval.evaluate`) every rank
+    attacks its share of the samples with its own noise (``seed`` + rank * stride) and
+    returns the same report: the counts summed over the ranks (the stages' seconds too, as
+    device-seconds), ``draws=None`` voting 5 times if the model is randomized on any rank,
+    ``meta`` with rank 0's device and time and the world size. On a deterministic model
+    whose outcomes do not hang on the attacks' random starts, the accuracies equal a
+    single process's.
     """
     from fastnoise.eval.checks import is_randomized
     from fastnoise.eval.evaluate import (
@@ -253,35 +267,97 @@ def autoattack(
         if unknown or not stages:
             raise ValueError(f"stages must name stages of {version!r}: {known}, got {stages}")
         plan = [(name, make) for name, make in plan if name in stages]
+    shard = D.resolve(distributed)
+    if shard.enabled:
+        D.refuse_ddp(model)
+        progress = progress and shard.is_main
     device = _resolve_device(model, device)
-    loader = _as_loader(loader, batch_size)
+    loader = _as_loader(loader, batch_size, shard)
     started = time.perf_counter()
-    with _frozen_eval(model), _seeded(seed, device):
-        x, y = (torch.cat(parts) for parts in zip(*_batches(loader, device), strict=True))
-        if len(y) == 0:
-            raise ValueError("loader yielded no samples")
-        if draws is None:
-            draws = RANDOMIZED_DRAWS if is_randomized(model, x[: min(len(x), 16)]) else 1
+    with _frozen_eval(model), _seeded(seed, device, shard):
+        if shard.enabled:
+            x, y, n, draws = _local_share(model, loader, device, draws, shard)
+        else:
+            x, y = (torch.cat(parts) for parts in zip(*_batches(loader, device), strict=True))
+            if len(y) == 0:
+                raise ValueError("loader yielded no samples")
+            n = len(y)
+            if draws is None:
+                draws = RANDOMIZED_DRAWS if is_randomized(model, x[: min(len(x), 16)]) else 1
         votes = _Votes(model, draws)
-        robust = torch.cat([votes(xb, yb)[0] for xb, yb in _chunks(x, y, batch_size)])
+        chunks = [votes(xb, yb)[0] for xb, yb in _chunks(x, y, batch_size)]
+        robust = torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.bool, device=device)
         report = AutoAttackReport(
-            version=version, norm=NORMS[key], eps=eps, n_samples=len(y), draws=draws,
+            version=version, norm=NORMS[key], eps=eps, n_samples=n, draws=draws,
             clean_accuracy=float(robust.float().mean()), robust_accuracy=0.0,
         )  # fmt: skip
+        # sharded: this rank's robust points after the clean votes and after each stage
+        counts = [int(robust.sum())] if shard.enabled else []
         counter = _Counter(model)
         try:
             for name, make in tqdm(plan, desc="autoattack", disable=not progress):
                 report.stages.append(
                     _run_stage(name, make, x, y, robust, votes, counter, batch_size, device)
                 )
+                if shard.enabled:
+                    counts.append(int(robust.sum()))
         finally:
             counter.handle.remove()
         report.robust_accuracy = float(robust.float().mean())
-    report.meta.update(
-        seed=seed, device=str(device), torch=torch.__version__,
-        seconds=round(time.perf_counter() - started, 3),
-    )  # fmt: skip
+        if shard.enabled:
+            _reduce_report(report, counts, shard)
+    where, seconds = str(device), round(time.perf_counter() - started, 3)
+    if shard.enabled:
+        where, seconds = shard.broadcast((where, seconds))
+        report.meta["world_size"] = shard.world_size
+    report.meta.update(seed=seed, device=where, torch=torch.__version__, seconds=seconds)
     return report
+
+
+def _local_share(model, loader, device, draws, shard):
+    """This rank's samples (possibly none), the run's sample count and the votes per
+    prediction (randomized if any rank finds the model randomized)."""
+    from fastnoise.eval.checks import is_randomized
+    from fastnoise.eval.evaluate import _local_samples
+
+    mine = _local_samples(loader, device)
+    if mine is None:
+        x = torch.zeros(0, device=device)
+        y = torch.zeros(0, dtype=torch.long, device=device)
+    else:
+        x, y, _ = mine
+    randomized = draws is None and len(y) > 0 and is_randomized(model, x[: min(len(x), 16)])
+    n, randomized = shard.all_reduce(torch.tensor([len(y), int(randomized)])).tolist()
+    if n == 0:
+        raise ValueError("loader yielded no samples")
+    if draws is None:
+        draws = RANDOMIZED_DRAWS if randomized else 1
+    return x, y, n, draws
+
+
+def _fraction(count: int, n: int) -> float:
+    """count / n as a single process's ``robust.float().mean()`` gives it (float32)."""
+    return float(torch.tensor(count, dtype=torch.float32) / n)
+
+
+def _reduce_report(report: AutoAttackReport, counts: list[int], shard: D.Shard) -> None:
+    """Sharded: the report's counts summed over the ranks, in place. ``counts``: this
+    rank's robust points after the clean votes and after each stage."""
+    rows = [
+        [s.attacked, s.broken, s.unconfirmed, s.forward_passes, s.forward_rows, s.seconds]
+        for s in report.stages
+    ]
+    flat = torch.tensor([*counts, *(v for row in rows for v in row)], dtype=torch.float64)
+    flat = shard.all_reduce(flat).tolist()  # counts < 2**53: exact in float64
+    n, width = report.n_samples, 6
+    report.clean_accuracy = _fraction(int(flat[0]), n)
+    for k, stage in enumerate(report.stages):
+        row = flat[len(counts) + k * width : len(counts) + (k + 1) * width]
+        stage.attacked, stage.broken, stage.unconfirmed = (int(v) for v in row[:3])
+        stage.forward_passes, stage.forward_rows = int(row[3]), int(row[4])
+        stage.seconds = round(row[5], 3)  # device-seconds over all ranks
+        stage.robust_accuracy = _fraction(int(flat[1 + k]), n)
+    report.robust_accuracy = _fraction(int(flat[len(counts) - 1]), n)
 
 
 def _chunks(x: torch.Tensor, y: torch.Tensor, size: int):

@@ -5,6 +5,8 @@ and reruns every attack, and the report gives mean ± std over repeats. Besides 
 per-attack accuracy, a sample counts towards the per-sample worst case only if it is
 classified correctly clean and under every attack in the same repeat (AutoAttack's rule);
 unbounded attacks (eps = inf) join that worst case only when no bounded attack is present.
+
+Under ``torchrun`` the samples are sharded over the ranks (:mod:`fastnoise.eval.distributed`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fastnoise import _validation as v
+from fastnoise.eval import distributed as D
 from fastnoise.eval.checks import model_checks, result_checks
 from fastnoise.eval.report import AttackResult, RobustnessReport, SweepResult
 
@@ -92,22 +95,35 @@ def _frozen_eval(model: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
-    """Seed torch's generators for reproducible noise, without leaking the seed outside."""
+def _seeded(seed: int | None, device: torch.device, shard: D.Shard = D.SINGLE) -> Iterator[None]:
+    """Seed torch's generators for reproducible noise, without leaking the seed outside.
+    A sharded run seeds each rank apart (``seed`` + rank * stride; without a seed, a draw
+    from the global RNG in place of ``seed``), so the ranks draw different noise."""
     devices = [device] if device.type == "cuda" else []
+    if shard.enabled:
+        base = int(torch.randint(0, 2**62, ())) if seed is None else seed
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(D.rank_seed(base, shard.rank))
+            yield
+        return
     with torch.random.fork_rng(devices=devices, enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
         yield
 
 
-def _as_loader(data: Iterable[Any], batch_size: int) -> Iterable[Any]:
+def _as_loader(data: Iterable[Any], batch_size: int, shard: D.Shard = D.SINGLE) -> Iterable[Any]:
     """An ``(x, y)`` pair of tensors becomes a list of batches; a loader passes through.
+    Sharded, either becomes this rank's :class:`~fastnoise.eval.distributed.ShardedLoader`.
 
     A loader yields pairs, so a pair whose items are tensors cannot be mistaken for one.
     """
+    if isinstance(data, D.ShardedLoader):  # already this rank's share (a random subset)
+        return data
     is_pair = isinstance(data, (tuple, list)) and len(data) == 2
     if not (is_pair and all(isinstance(t, torch.Tensor) for t in data)):
+        if shard.enabled:
+            return D.ShardedLoader.of_loader(data, shard, _n_samples(data))
         return data
     x, y = data
     v.check_positive_int("batch_size", batch_size)
@@ -116,17 +132,38 @@ def _as_loader(data: Iterable[Any], batch_size: int) -> Iterable[Any]:
             f"an (x, y) pair needs x (N, ...) and labels y (N,), got shapes "
             f"{tuple(x.shape)} and {tuple(y.shape)}"
         )
+    if shard.enabled:
+        return D.ShardedLoader.of_pair(x, y, batch_size, shard)
     return list(zip(x.split(batch_size), y.split(batch_size), strict=True))
 
 
 def _batches(loader: Iterable[Any], device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
     for batch in loader:
-        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            raise TypeError(
-                "loader must be an (x, y) pair of tensors or yield (x, y) pairs, got "
-                f"batches of type {type(batch).__name__}"
-            )
-        yield batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        x, y = D.batch_pair(batch)
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def _indexed_batches(
+    loader: Iterable[Any], device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """``(x, y, index)`` on the device; index (positions in the whole run) only sharded."""
+    if not isinstance(loader, D.ShardedLoader):
+        for x, y in _batches(loader, device):
+            yield x, y, None
+        return
+    for x, y, index in loader:
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), index
+
+
+def _local_samples(
+    loader: D.ShardedLoader, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """All of this rank's samples and their positions; None when it has none."""
+    parts = [(x, y, index) for x, y, index in _indexed_batches(loader, device) if len(y)]
+    if not parts:
+        return None
+    x, y, index = (torch.cat(p) for p in zip(*parts, strict=True))
+    return x, y, index
 
 
 class _Tally:
@@ -142,6 +179,76 @@ class _Tally:
         self.attacks_majority, self.attacks_all = zero(n_attacks), zero(n_attacks)
         self.worst_all = zero()
         self.outcomes: list[list[torch.Tensor]] = [[] for _ in range(n_attacks + 1)]
+        self.index: list[torch.Tensor] = []  # sharded: the samples' positions in the run
+
+
+_COUNTS = ("clean", "clean_majority", "clean_all", "worst", "worst_all")
+_PER_ATTACK = ("attacks", "attacks_majority", "attacks_all")
+
+
+def _cat(parts: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    return torch.cat([p.cpu() for p in parts]) if parts else torch.zeros(0, dtype=dtype)
+
+
+def _reduce_tallies(
+    tallies: list[_Tally],
+    shard: D.Shard,
+    counter: _ForwardCounter | None = None,
+    outcomes: bool = True,
+) -> None:
+    """Sharded runs, in place: every repeat's counts (and the attacks' forward passes, rows
+    and seconds) summed over the ranks, and the per-sample outcomes gathered in sample
+    order, so every rank holds the whole run's tallies. Then the run's sample-count checks,
+    which a single process makes as it goes."""
+    n_attacks = len(tallies[0].attacks)
+    rows = [
+        torch.cat([
+            torch.stack([getattr(t, f) for f in _COUNTS]),
+            *(getattr(t, f) for f in _PER_ATTACK),
+            t.clean.new_tensor([t.n]),
+        ]).double()
+        for t in tallies
+    ]  # fmt: skip
+    if counter is not None:
+        stats = [*counter.passes, *counter.rows, *counter.seconds]
+        rows.append(torch.tensor(stats, dtype=torch.float64, device=tallies[0].clean.device))
+    flat = shard.all_reduce(torch.cat(rows)).cpu()  # counts < 2**53: exact in float64
+    width = len(_COUNTS) + len(_PER_ATTACK) * n_attacks + 1
+    for k, t in enumerate(tallies):
+        row = flat[k * width : (k + 1) * width].long()
+        for i, name in enumerate(_COUNTS):
+            setattr(t, name, row[i])
+        for i, name in enumerate(_PER_ATTACK):
+            start = len(_COUNTS) + i * n_attacks
+            setattr(t, name, row[start : start + n_attacks])
+        t.n = int(row[-1])
+    if counter is not None:
+        stats = flat[len(tallies) * width :].tolist()
+        counter.passes = [int(s) for s in stats[:n_attacks]]
+        counter.rows = [int(s) for s in stats[n_attacks : 2 * n_attacks]]
+        counter.seconds = stats[2 * n_attacks :]  # device-seconds over all ranks
+    if tallies[0].n == 0:
+        raise ValueError("loader yielded no samples")
+    if any(t.n != tallies[0].n for t in tallies):
+        raise ValueError(
+            f"loader must yield the same samples every repeat ({[t.n for t in tallies]}); "
+            "do not use drop_last with a random sampler"
+        )
+    if not outcomes:
+        return
+    mine = [
+        (_cat(t.index, torch.long), torch.stack([_cat(o, torch.bool) for o in t.outcomes]))
+        for t in tallies
+    ]
+    everyone = shard.all_gather(mine)
+    for k, t in enumerate(tallies):
+        index = torch.cat([rank[k][0] for rank in everyone])
+        hits = torch.cat([rank[k][1] for rank in everyone], dim=1)
+        order = index.argsort()
+        if len(index) != t.n or bool((index[order].diff() == 0).any()):
+            raise RuntimeError(f"sharding counted a sample twice (positions {index.tolist()})")
+        t.index = [index[order]]
+        t.outcomes = [[row] for row in hits[:, order]]
 
 
 class _Judge:
@@ -237,7 +344,11 @@ def _run(
     """Run every attack on every batch, ``repeats`` times. ``None`` stands for "no attack"
     (eps = 0 in a sweep). ``in_worst`` picks the attacks of the per-sample worst case (all
     by default). Every prediction of a batch is judged on the same ``draws`` noise draws
-    (:class:`_Judge`). Also returns the first ``keep`` samples, for the self-checks."""
+    (:class:`_Judge`). Also returns the first ``keep`` samples, for the self-checks.
+    A :class:`~fastnoise.eval.distributed.ShardedLoader` is this rank's share: its tallies
+    are local (and keep the samples' positions), see :func:`_reduce_tallies`."""
+    sharded = isinstance(loader, D.ShardedLoader)
+    announce = not sharded or loader.shard.is_main  # the time estimate: once, not per rank
     in_worst = [True] * len(attacks) if in_worst is None else list(in_worst)
     per_repeat = _n_samples(loader)
     total = repeats * per_repeat if per_repeat is not None else None
@@ -249,7 +360,9 @@ def _run(
     with tqdm(total=total, desc=desc, unit="sample", disable=not progress, leave=False) as bar:
         for repeat in range(repeats):
             tally = _Tally(len(attacks), device)
-            for x, y in _batches(loader, device):
+            for x, y, index in _indexed_batches(loader, device):
+                if index is not None:
+                    tally.index.append(index)
                 if repeat == 0 and sum(len(k) for k in kept_y) < keep:
                     kept_x.append(x)
                     kept_y.append(y)
@@ -278,19 +391,21 @@ def _run(
                 tally.clean_all += clean_all.sum()
                 tally.worst += survived.sum()
                 tally.worst_all += survived_all.sum()
-                if tally.n == 0 and repeat == 0 and total:
+                if tally.n == 0 and repeat == 0 and total and announce:
                     _print_estimate(time.perf_counter() - started, len(y), total, bar)
                 tally.n += len(y)
                 bar.update(len(y))
-            if tally.n == 0:
+            # Sharded, a rank may hold no samples: _reduce_tallies checks the run's counts.
+            if tally.n == 0 and not sharded:
                 raise ValueError("loader yielded no samples")
-            if tallies and tally.n != tallies[0].n:
+            if tallies and tally.n != tallies[0].n and not sharded:
                 raise ValueError(
                     f"loader must yield the same samples every repeat ({tallies[0].n} then "
                     f"{tally.n}); do not use drop_last with a random sampler"
                 )
             tallies.append(tally)
-            bar.set_postfix(clean=f"{100 * int(tally.clean) / tally.n:.1f}%", refresh=False)
+            if tally.n:
+                bar.set_postfix(clean=f"{100 * int(tally.clean) / tally.n:.1f}%", refresh=False)
     kept = (torch.cat(kept_x)[:keep], torch.cat(kept_y)[:keep]) if kept_y else None
     return tallies, kept
 
@@ -322,6 +437,7 @@ def evaluate(
     draws: int = 1,
     protocol: str | None = None,
     eps: float | None = None,
+    distributed: bool | None = None,
 ) -> RobustnessReport:
     """Clean and robust accuracy (mean ± std over ``repeats``) plus the self-checks.
 
@@ -344,6 +460,16 @@ def evaluate(
     no parameter gradient is produced. ``checks`` runs the model-level self-checks on the
     first ``check_samples`` samples (``unbounded_attack`` replaces the default PGD with
     eps = 1); ``seed`` makes the noise reproducible without touching the global RNG state.
+
+    Under ``torchrun`` (``torch.distributed`` initialized with W > 1 ranks; ``distributed``
+    = True insists on it, False evaluates everything on every rank) each rank attacks its
+    own share of the samples, with its own noise (see :mod:`fastnoise.eval.distributed` for
+    how loaders are sharded; pass the plain model, not a DistributedDataParallel wrapper).
+    Every count, and the attacks' forward passes and seconds (device-seconds, summed), is
+    summed over the ranks and the outcomes gathered in sample order, so every rank returns
+    the same report. The model-level self-checks run on rank 0's first ``check_samples``
+    samples and are broadcast; ``meta`` holds rank 0's device and time and the world size.
+    On a deterministic model the counts equal a single process's.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -369,20 +495,27 @@ def evaluate(
     v.check_positive_int("repeats", repeats)
     v.check_positive_int("check_samples", check_samples)
     v.check_positive_int("draws", draws)
-    loader = _as_loader(loader, batch_size)
+    shard = D.resolve(distributed)
+    if shard.enabled:
+        D.refuse_ddp(model, [*items, *(a for a, _ in limited)])
+        progress = progress and shard.is_main
+    loader = _as_loader(loader, batch_size, shard)
     device = _resolve_device(model, device)
     bounded = [not math.isinf(float(a.eps)) for a in items]
     in_worst = bounded if any(bounded) else [True] * len(items)
     started = time.perf_counter()
     counter = _ForwardCounter(model, len(items))
-    with _frozen_eval(model), _seeded(seed, device):
+    keep = check_samples if shard.is_main else 0
+    with _frozen_eval(model), _seeded(seed, device, shard):
         try:
             tallies, kept = _run(
-                model, loader, items, repeats, device, progress, "evaluate", check_samples,
-                in_worst, draws, counter,
+                model, loader, items, repeats, device, progress, "evaluate", keep, in_worst,
+                draws, counter,
             )  # fmt: skip
         finally:
             counter.handle.remove()
+        if shard.enabled:
+            _reduce_tallies(tallies, shard, counter)
         fractions = lambda pick: [int(pick(t)) / t.n for t in tallies]  # noqa: E731
         several = draws > 1
         report = RobustnessReport(
@@ -416,18 +549,28 @@ def evaluate(
                 for j, name in enumerate(["clean", *(a.name for a in items)])
             },
         )
-        if checks and kept is not None:
+        if checks and shard.enabled:  # rank 0 has samples whenever the run has any
+            found = model_checks(model, *kept, unbounded_attack) if shard.is_main else None
+            found, report.randomized = shard.broadcast(found)
+            report.checks = found + result_checks(report)
+        elif checks and kept is not None:
             found, report.randomized = model_checks(model, *kept, unbounded_attack)
             report.checks = found + result_checks(report)
+    order = tallies[0].index[0] if shard.enabled else None
     for attack, limit in limited:
         _add_random_subset_attack(
             report, model, loader, attack, limit, repeats=repeats, device=device,
-            progress=progress, seed=seed, draws=draws, batch_size=batch_size,
+            progress=progress, seed=seed, draws=draws, batch_size=batch_size, order=order,
+            distributed=shard.enabled,
         )  # fmt: skip
+    where, seconds = str(device), round(time.perf_counter() - started, 3)
+    if shard.enabled:
+        where, seconds = shard.broadcast((where, seconds))
+        report.meta["world_size"] = shard.world_size
     report.meta.update(
-        device=str(device),
+        device=where,
         torch=torch.__version__,
-        seconds=round(time.perf_counter() - started, 3),
+        seconds=seconds,
         seed=seed,
         protocol=protocol,
     )
@@ -447,16 +590,31 @@ def _add_random_subset_attack(
     seed: int | None,
     draws: int,
     batch_size: int,
+    order: torch.Tensor | None = None,
+    distributed: bool = False,
 ) -> None:
     """Run ``attack`` on ``limit`` of the loader's samples drawn at random (seeded by
     ``seed``, else 0), as the PNIL protocol runs SPSA on 1000 images, and add its result
-    with its own sample count. It stays out of the per-sample worst case (other samples)."""
-    x, y = (torch.cat(parts) for parts in zip(*_batches(loader, device), strict=True))
+    with its own sample count. It stays out of the per-sample worst case (other samples).
+    Sharded (``loader`` this rank's share, ``order`` the run's sample positions in order),
+    the same samples are drawn and each rank attacks those it holds."""
     generator = torch.Generator().manual_seed(0 if seed is None else seed)
-    picked = torch.randperm(len(y), generator=generator)[:limit].sort().values.to(device)
+    if isinstance(loader, D.ShardedLoader):
+        assert order is not None
+        wanted = order[torch.randperm(len(order), generator=generator)[:limit]]
+        none = torch.zeros(0, dtype=torch.long)
+        x, y, index = _local_samples(loader, device) or (none, none, none)
+        rows = torch.isin(index.cpu(), wanted).nonzero().flatten()
+        data: Any = D.ShardedLoader.of_local(
+            x[rows.to(x.device)], y[rows.to(y.device)], index.cpu()[rows], batch_size, loader.shard
+        )
+    else:
+        x, y = (torch.cat(parts) for parts in zip(*_batches(loader, device), strict=True))
+        picked = torch.randperm(len(y), generator=generator)[:limit].sort().values.to(device)
+        data = (x[picked], y[picked])
     part = evaluate(
-        model, (x[picked], y[picked]), [attack], repeats, device, progress, checks=False,
-        seed=seed, draws=draws, batch_size=batch_size,
+        model, data, [attack], repeats, device, progress, checks=False, seed=seed,
+        draws=draws, batch_size=batch_size, distributed=distributed,
     )  # fmt: skip
     result = part.attacks[0]
     result.n_samples = part.n_samples
@@ -502,11 +660,13 @@ def sweep_eps(
     label: str | None = None,
     seed: int | None = None,
     batch_size: int = 128,
+    distributed: bool | None = None,
     **attack_kwargs: Any,
 ) -> SweepResult:
     """Accuracy as a function of the budget (Learn2Perturb Figures 2-3).
 
-    ``loader``: as for :func:`evaluate` (a loader or an ``(x, y)`` pair of tensors).
+    ``loader``: as for :func:`evaluate` (a loader or an ``(x, y)`` pair of tensors), and
+    sharded over the ranks under ``torchrun`` as there (``distributed``).
 
     ``attack`` is a name for :func:`fastnoise.attacks.build` (``attack_kwargs`` go there
     too) or a factory ``eps -> attack``. eps = 0 means no attack: the clean accuracy.
@@ -534,15 +694,21 @@ def sweep_eps(
         v.check_non_negative_number(f"eps_values[{i}]", e) for i, e in enumerate(eps_values)
     ]
     v.check_positive_int("repeats", repeats)
-    loader = _as_loader(loader, batch_size)
+    shard = D.resolve(distributed)
+    loader = _as_loader(loader, batch_size, shard)
     device = _resolve_device(model, device)
     built = [factory(e) if e > 0 else None for e in eps_list]
     _check_attacks([a for a in built if a is not None], distinct=False)  # same attack, many eps
+    if shard.enabled:
+        D.refuse_ddp(model, [a for a in built if a is not None])
+        progress = progress and shard.is_main
     first = next((a for a in built if a is not None), None)
     if label is None:
         label = attack if isinstance(attack, str) else (first.name if first else "sweep")
-    with _frozen_eval(model), _seeded(seed, device):
+    with _frozen_eval(model), _seeded(seed, device, shard):
         tallies, _ = _run(model, loader, built, repeats, device, progress, f"sweep {label}")
+        if shard.enabled:
+            _reduce_tallies(tallies, shard, outcomes=False)
     return SweepResult(
         label=label,
         norm=first.norm if first is not None else "linf",
