@@ -426,3 +426,31 @@ def test_sharding_refuses_a_shuffling_loader_and_a_ddp_wrapper(runs):
 
 if __name__ == "__main__":
     rank_main(sys.argv[1])
+
+
+def test_fastnoise_eval_under_torchrun_matches_one_process(tmp_path):
+    """`torchrun -m fastnoise eval`: each rank attacks its share, rank 0 alone writes and
+    prints, and the numbers equal a single process's (a deterministic model)."""
+    from test_train_ddp import torchrun
+
+    from fastnoise.cli import main
+    from fastnoise.eval import RobustnessReport
+    from fastnoise.models import build
+
+    torch.manual_seed(0)
+    config = {"name": "small_cnn", "noise": None}
+    checkpoint = tmp_path / "plain.pt"
+    torch.save({"model_config": config, "model": build(**config).state_dict()}, checkpoint)
+    common = [
+        "eval", "--checkpoint", str(checkpoint), "--dataset", "embedded", "--attacks",
+        "fgsm", "--limit", "9", "--batch-size", "4", "--repeats", "1", "--no-checks",
+        "--device", "cpu", "--no-progress",
+    ]  # fmt: skip
+    done = torchrun(["-m", "fastnoise", *common, "--out", str(tmp_path / "ddp")])
+    assert done.stdout.count("Report written to") == 1  # rank 0 only
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    two = RobustnessReport.from_json((tmp_path / "ddp" / "report.json").read_text())
+    one = RobustnessReport.from_json((tmp_path / "one" / "report.json").read_text())
+    assert two.n_samples == one.n_samples == 9
+    assert two.clean == one.clean and two.attacks[0].accuracies == one.attacks[0].accuracies
+    assert two.meta["world_size"] == 2

@@ -17,7 +17,7 @@ import argparse
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -231,21 +231,6 @@ def _read_checkpoint(path: str) -> dict[str, Any]:
         ) from None
 
 
-class _TensorBatches:
-    """Batches sliced from tensors already on the device: no per-sample collation."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> None:
-        self.x, self.y, self.batch_size = x, y, batch_size
-        self.num_samples = len(y)  # for evaluate's progress bar (samples, not batches)
-
-    def __len__(self) -> int:
-        return -(-len(self.y) // self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for i in range(0, len(self.y), self.batch_size):
-            yield self.x[i : i + self.batch_size], self.y[i : i + self.batch_size]
-
-
 def pgd_step_size(eps: float, steps: int) -> float:
     """2 * eps / steps: every point of the eps-ball is reachable (PNIL Sec. 4.3). No floor:
     Learn2Perturb's fixed 0.01 is the l2p protocol's (--protocol l2p)."""
@@ -278,15 +263,17 @@ def _attack_builder(
     return build_attack
 
 
-def _run_autoattack(args, model, loader, eps, dataset, out, progress) -> int:
+def _run_autoattack(args, model, loader, eps, dataset, out, progress, main_rank) -> int:
     import json
 
     from fastnoise.eval.autoattack import autoattack
 
     report = autoattack(
         model, loader, eps, "Linf", args.autoattack, seed=args.seed, progress=progress,
-        draws=args.draws if args.draws > 1 else None,
+        draws=args.draws if args.draws > 1 else None, batch_size=args.batch_size,
     )  # fmt: skip
+    if not main_rank:
+        return 0
     report.meta.update(checkpoint=os.path.abspath(args.checkpoint), dataset=dataset)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "autoattack.md"), "w") as handle:
@@ -305,6 +292,21 @@ def _error(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``fastnoise eval``; under ``torchrun`` every rank evaluates its share of the test
+    set (fastnoise.eval shards it and sums the counts) and rank 0 writes the reports."""
+    from fastnoise.train.distributed import cleanup, setup
+
+    try:
+        info, device = setup(args.device or "auto")
+    except ValueError as err:
+        return _error(f"--device: {err}")
+    try:
+        return _run(args, device, info.is_main)
+    finally:
+        cleanup(info)
+
+
+def _run(args: argparse.Namespace, device: torch.device, main_rank: bool) -> int:
     from fastnoise.attacks import ATTACK_NAMES
     from fastnoise.data import as_tensors, load_dataset
     from fastnoise.eval.evaluate import evaluate, sweep_eps
@@ -334,7 +336,6 @@ def run(args: argparse.Namespace) -> int:
         return _error(f"--checkpoint {args.checkpoint!r} is not a file")
     if "transfer" in args.attacks and not args.source_checkpoint:
         return _error("the transfer attack needs --source-checkpoint (the surrogate model)")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     checkpoint = _read_checkpoint(args.checkpoint)  # a bad file fails here, in one line
     dataset = args.dataset or checkpoint.get("dataset")
     if not dataset:
@@ -344,8 +345,7 @@ def run(args: argparse.Namespace) -> int:
     source = load_model(args.source_checkpoint, device) if args.source_checkpoint else None
     test_set = load_dataset(dataset, root=args.root, train=False, download=args.download)
     x, y = as_tensors(test_set, limit=args.limit)
-    x, y = x.to(device), y.to(device)
-    loader = _TensorBatches(x, y, args.batch_size)
+    loader = (x.to(device), y.to(device))  # a pair: sharded up front under torchrun
     protocol = get_protocol(args.protocol) if args.protocol else None
     if args.eps is None:
         try:
@@ -364,7 +364,7 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     out = args.out or os.path.splitext(args.checkpoint)[0] + "-eval"
     if args.autoattack:
-        return _run_autoattack(args, model, loader, eps, dataset, out, progress)
+        return _run_autoattack(args, model, loader, eps, dataset, out, progress, main_rank)
     report = evaluate(
         model,
         loader,
@@ -375,6 +375,7 @@ def run(args: argparse.Namespace) -> int:
         check_samples=args.check_samples,
         seed=args.seed,
         draws=args.draws,
+        batch_size=args.batch_size,
         protocol=args.protocol,
         eps=eps if protocol else None,
     )
@@ -397,6 +398,7 @@ def run(args: argparse.Namespace) -> int:
                 progress=progress,
                 label=name,
                 seed=args.seed,
+                batch_size=args.batch_size,
             )
             report.add_sweep(sweep)
 
@@ -409,6 +411,8 @@ def run(args: argparse.Namespace) -> int:
         protocol=protocol.name if protocol else None,
         protocol_source=protocol.source if protocol else None,
     )
+    if not main_rank:
+        return 0
     paths = report.save(out)
     print(report.to_markdown())
     print("Report written to " + ", ".join(paths.values()))
