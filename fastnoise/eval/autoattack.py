@@ -21,6 +21,7 @@ unconfirmed counts, forward passes, rows and stage seconds (device-seconds) are 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -221,6 +222,8 @@ def autoattack(
     progress: bool = True,
     batch_size: int = 128,
     distributed: bool | None = None,
+    state_file: str | os.PathLike[str] | None = None,
+    save_adv: str | os.PathLike[str] | None = None,
 ) -> AutoAttackReport:
     """Run the AutoAttack cascade (see the module docstring) on ``loader`` (``(x, y)``
     batches of [0, 1] pixels, or one ``(x, y)`` pair of tensors) at budget ``eps``.
@@ -236,7 +239,18 @@ def autoattack(
     ``meta`` with rank 0's device and time and the world size. On a deterministic model
     whose outcomes do not hang on the attacks' random starts, the accuracies equal a
     single process's.
+
+    ``state_file`` makes the run resumable (:mod:`fastnoise.eval.state`): after every batch
+    of every stage the robust mask, the finished stages, the current stage's counts and
+    torch's RNG state are written there, and a rerun with the same arguments continues
+    from there with the same random stream (the report equals an uninterrupted run's but
+    for the seconds); a file of other settings is refused, and the file is deleted at the
+    end. With ``save_adv`` (a folder) the broken points' examples are kept in the state
+    too, and ``<save_adv>/autoattack.pt`` receives the final adversarial set: ``x_adv``
+    (the input's dtype; a broken point's example, else the clean image), ``y``, ``index``
+    and the ``broken`` mask. Sharded runs refuse both.
     """
+    from fastnoise.eval import state as S
     from fastnoise.eval.checks import is_randomized
     from fastnoise.eval.evaluate import (
         _as_loader,
@@ -271,6 +285,11 @@ def autoattack(
     if shard.enabled:
         D.refuse_ddp(model)
         progress = progress and shard.is_main
+        if state_file is not None or save_adv is not None:
+            raise ValueError(
+                "state_file and save_adv are not supported in a sharded (torchrun) run; "
+                "run in one process to resume or save adversarial examples"
+            )
     device = _resolve_device(model, device)
     loader = _as_loader(loader, batch_size, shard)
     started = time.perf_counter()
@@ -282,23 +301,66 @@ def autoattack(
             if len(y) == 0:
                 raise ValueError("loader yielded no samples")
             n = len(y)
-            if draws is None:
-                draws = RANDOMIZED_DRAWS if is_randomized(model, x[: min(len(x), 16)]) else 1
+        fingerprint = {
+            "version": version, "eps": eps, "norm": NORMS[key], "stages": [s for s, _ in plan],
+            "steps": steps, "queries": queries, "draws": draws, "seed": seed,
+            "batch_size": batch_size, "n_samples": n, "save_adv": save_adv is not None,
+        }  # fmt: skip
+        saved = None if state_file is None else S.load_state(state_file, fingerprint, "autoattack")
+        if saved is not None:
+            draws = int(saved["draws"])
+        elif draws is None and not shard.enabled:
+            draws = RANDOMIZED_DRAWS if is_randomized(model, x[: min(len(x), 16)]) else 1
         votes = _Votes(model, draws)
-        chunks = [votes(xb, yb)[0] for xb, yb in _chunks(x, y, batch_size)]
-        robust = torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.bool, device=device)
+        if saved is not None:
+            clean_robust = saved["clean_robust"].to(device)
+            robust = saved["robust"].to(device)
+        else:
+            chunks = [votes(xb, yb)[0] for xb, yb in _chunks(x, y, batch_size)]
+            empty = torch.zeros(0, dtype=torch.bool, device=device)
+            clean_robust = torch.cat(chunks) if chunks else empty
+            robust = clean_robust.clone()
+        adv = x.clone() if save_adv is not None else None
+        if saved is not None and adv is not None:
+            adv[saved["adv_index"].to(device)] = saved["adv_x"].to(device=device, dtype=x.dtype)
         report = AutoAttackReport(
             version=version, norm=NORMS[key], eps=eps, n_samples=n, draws=draws,
-            clean_accuracy=float(robust.float().mean()), robust_accuracy=0.0,
+            clean_accuracy=float(clean_robust.float().mean()), robust_accuracy=0.0,
         )  # fmt: skip
+        if saved is not None:
+            report.stages = [StageResult(**stage) for stage in saved["stages"]]
+            S.restore_rng(saved["rng"], device)
+        done = len(report.stages)
+        partial = saved["partial"] if saved is not None and saved["partial"] else None
+
+        def save(partial: dict[str, Any] | None) -> None:
+            if state_file is None:
+                return
+            fields: dict[str, Any] = {}
+            if adv is not None:
+                index = (clean_robust & ~robust).nonzero().flatten()
+                fields = {"adv_index": index.cpu(), "adv_x": adv[index].cpu()}
+            S.save_state(
+                state_file, fingerprint, "autoattack", draws=draws,
+                clean_robust=clean_robust.cpu(), robust=robust.cpu(),
+                stages=[asdict(stage) for stage in report.stages], partial=partial or {},
+                rng=S.rng_state(device), **fields,
+            )  # fmt: skip
+
         # sharded: this rank's robust points after the clean votes and after each stage
         counts = [int(robust.sum())] if shard.enabled else []
         counter = _Counter(model)
         try:
-            for name, make in tqdm(plan, desc="autoattack", disable=not progress):
+            for k, (name, make) in enumerate(tqdm(plan, desc="autoattack", disable=not progress)):
+                if k < done:
+                    continue
                 report.stages.append(
-                    _run_stage(name, make, x, y, robust, votes, counter, batch_size, device)
-                )
+                    _run_stage(
+                        name, make, x, y, robust, votes, counter, batch_size, device,
+                        partial if k == done else None, save, adv,
+                    )
+                )  # fmt: skip
+                save(None)
                 if shard.enabled:
                     counts.append(int(robust.sum()))
         finally:
@@ -306,11 +368,24 @@ def autoattack(
         report.robust_accuracy = float(robust.float().mean())
         if shard.enabled:
             _reduce_report(report, counts, shard)
+        if save_adv is not None and adv is not None:
+            from fastnoise.train.checkpoint import atomic_save
+
+            atomic_save(
+                {
+                    "x_adv": adv.cpu(), "y": y.cpu(), "index": torch.arange(n),
+                    "broken": (clean_robust & ~robust).cpu(),
+                },
+                os.path.join(os.fspath(save_adv), "autoattack.pt"),
+            )  # fmt: skip
     where, seconds = str(device), round(time.perf_counter() - started, 3)
     if shard.enabled:
         where, seconds = shard.broadcast((where, seconds))
         report.meta["world_size"] = shard.world_size
     report.meta.update(seed=seed, device=where, torch=torch.__version__, seconds=seconds)
+    if state_file is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(state_file)
     return report
 
 
@@ -365,13 +440,25 @@ def _chunks(x: torch.Tensor, y: torch.Tensor, size: int):
         yield x[start : start + size], y[start : start + size]
 
 
-def _run_stage(name, make, x, y, robust, votes, counter, batch_size, device) -> StageResult:
-    """Attack the still-robust points with one stage; update ``robust`` in place."""
-    rows = robust.nonzero().flatten()
+def _run_stage(
+    name, make, x, y, robust, votes, counter, batch_size, device, partial=None, save=None, adv=None
+) -> StageResult:
+    """Attack the still-robust points with one stage; update ``robust`` in place.
+    ``partial``: the saved progress of an interrupted run in this stage; ``save`` is
+    called with the progress after every batch; ``adv`` receives the broken examples."""
+    if partial:
+        rows, begin = partial["rows"].to(device), int(partial["next"])
+        broken, unconfirmed = int(partial["broken"]), int(partial["unconfirmed"])
+        passes0, rows0, seconds0 = (
+            int(partial["passes"]), int(partial["forward_rows"]), float(partial["seconds"])
+        )  # fmt: skip
+    else:
+        rows, begin = robust.nonzero().flatten(), 0
+        broken = unconfirmed = passes0 = rows0 = 0
+        seconds0 = 0.0
     before_passes, before_rows = counter.passes, counter.rows
     started = time.perf_counter()
-    broken = unconfirmed = 0
-    for start in range(0, rows.numel(), batch_size):
+    for start in range(begin, rows.numel(), batch_size):
         idx = rows[start : start + batch_size]
         attack = make(x[idx], y[idx])
         counter.active = True
@@ -382,8 +469,17 @@ def _run_stage(name, make, x, y, robust, votes, counter, batch_size, device) -> 
             counter.active = False
         vote_right, all_right = votes(x_adv, y[idx])
         robust[idx[~vote_right]] = False
+        if adv is not None:
+            adv[idx[~vote_right]] = x_adv[~vote_right].to(adv.dtype)
         broken += int((~vote_right).sum())
         unconfirmed += int((vote_right & ~all_right).sum())
+        if save is not None:
+            save({
+                "rows": rows.cpu(), "next": start + batch_size, "broken": broken,
+                "unconfirmed": unconfirmed, "passes": passes0 + counter.passes - before_passes,
+                "forward_rows": rows0 + counter.rows - before_rows,
+                "seconds": seconds0 + time.perf_counter() - started,
+            })  # fmt: skip
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return StageResult(
@@ -392,7 +488,7 @@ def _run_stage(name, make, x, y, robust, votes, counter, batch_size, device) -> 
         attacked=int(rows.numel()),
         broken=broken,
         unconfirmed=unconfirmed,
-        forward_passes=counter.passes - before_passes,
-        forward_rows=counter.rows - before_rows,
-        seconds=round(time.perf_counter() - started, 3),
+        forward_passes=passes0 + counter.passes - before_passes,
+        forward_rows=rows0 + counter.rows - before_rows,
+        seconds=round(seconds0 + time.perf_counter() - started, 3),
     )

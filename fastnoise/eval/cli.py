@@ -5,6 +5,10 @@ Example::
     fastnoise eval --checkpoint runs/l2p/model.pt --dataset cifar10 \\
         --attacks fgsm,pgd,eot-pgd --eps 8/255 --repeats 5 --limit 1000 --out runs/l2p/eval
 
+An interrupted run resumes when rerun with the same arguments (its state is
+``<out>/eval-state.pt``, or ``autoattack-state.pt``; ``--fresh`` discards it), and
+``--save-adv`` writes the adversarial examples into ``<out>/adv/``.
+
 ``--eps`` takes fractions and comma lists: the first value is the budget of the table;
 with several values every L-inf white-box attack is also swept over all of them (plus 0).
 CW runs as a minimum-norm L2 attack (bound: ``--l2-eps``) and "pixel" as an L0 attack,
@@ -202,6 +206,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--check-samples", type=int, default=64, help="images used by the self-checks (default: 64)"
     )
+    parser.add_argument(
+        "--save-adv",
+        action="store_true",
+        help="write the adversarial examples into <out>/adv/ (per attack, repeat 0: "
+        "<attack>.pt; with --autoattack: autoattack.pt with the broken mask)",
+    )
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="discard the state of an interrupted run in --out and start over (by default "
+        "a rerun with the same arguments resumes it)",
+    )
     parser.add_argument("--no-checks", action="store_true", help="skip the self-checks")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.add_argument(
@@ -263,15 +279,57 @@ def _attack_builder(
     return build_attack
 
 
+EVAL_STATE = "eval-state.pt"
+AUTOATTACK_STATE = "autoattack-state.pt"
+ADV_FOLDER = "adv"
+
+
+def _resumable(args: argparse.Namespace, out: str, name: str) -> dict[str, Any]:
+    """``state_file`` and ``save_adv`` for evaluate/autoattack: the state lives in ``out``
+    and a rerun resumes it (one line says so), unless --fresh. Not under torchrun: a
+    sharded run is not resumable (every rank would need its own state)."""
+    import torch.distributed as dist
+
+    from fastnoise.eval.state import describe
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if args.save_adv:
+            raise CLIError("--save-adv is not supported under torchrun; run in one process")
+        return {}
+    path = os.path.join(out, name)
+    if args.fresh and os.path.exists(path):
+        os.unlink(path)
+    where = describe(path)
+    if where is not None:
+        print(f"fastnoise eval: resuming the interrupted run in {path} from {where}")
+    kw: dict[str, Any] = {"state_file": path}
+    if args.save_adv:
+        kw["save_adv"] = os.path.join(out, ADV_FOLDER)
+    return kw
+
+
+def _interrupted(out: str) -> int:
+    print(
+        f"fastnoise eval: interrupted; its state is in {out}: rerun the same command to "
+        "resume (--fresh starts over)",
+        file=sys.stderr,
+    )
+    return 130
+
+
 def _run_autoattack(args, model, loader, eps, dataset, out, progress, main_rank) -> int:
     import json
 
     from fastnoise.eval.autoattack import autoattack
 
-    report = autoattack(
-        model, loader, eps, "Linf", args.autoattack, seed=args.seed, progress=progress,
-        draws=args.draws if args.draws > 1 else None, batch_size=args.batch_size,
-    )  # fmt: skip
+    try:
+        report = autoattack(
+            model, loader, eps, "Linf", args.autoattack, seed=args.seed, progress=progress,
+            draws=args.draws if args.draws > 1 else None, batch_size=args.batch_size,
+            **_resumable(args, out, AUTOATTACK_STATE),
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        return _interrupted(out)
     if not main_rank:
         return 0
     report.meta.update(checkpoint=os.path.abspath(args.checkpoint), dataset=dataset)
@@ -365,20 +423,24 @@ def _run(args: argparse.Namespace, device: torch.device, main_rank: bool) -> int
     out = args.out or os.path.splitext(args.checkpoint)[0] + "-eval"
     if args.autoattack:
         return _run_autoattack(args, model, loader, eps, dataset, out, progress, main_rank)
-    report = evaluate(
-        model,
-        loader,
-        attacks,
-        repeats=args.repeats,
-        progress=progress,
-        checks=not args.no_checks,
-        check_samples=args.check_samples,
-        seed=args.seed,
-        draws=args.draws,
-        batch_size=args.batch_size,
-        protocol=args.protocol,
-        eps=eps if protocol else None,
-    )
+    try:
+        report = evaluate(
+            model,
+            loader,
+            attacks,
+            repeats=args.repeats,
+            progress=progress,
+            checks=not args.no_checks,
+            check_samples=args.check_samples,
+            seed=args.seed,
+            draws=args.draws,
+            batch_size=args.batch_size,
+            protocol=args.protocol,
+            eps=eps if protocol else None,
+            **_resumable(args, out, EVAL_STATE),
+        )
+    except KeyboardInterrupt:
+        return _interrupted(out)
     if protocol:
         args.attacks = [a.name for a in report.attacks]
     if len(args.eps) > 1:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
@@ -311,6 +312,93 @@ class _ForwardCounter:
             self.current = None
 
 
+class _Resume:
+    """An :func:`evaluate` run's state file (:mod:`fastnoise.eval.state`): what an
+    interrupted run did (``done`` = (repeat, batches done in it), its tallies and forward
+    counts, its RNG state) and the writer of the state after every batch; also the writer
+    of the adversarial examples (``save_adv``)."""
+
+    def __init__(
+        self,
+        path: str | None,
+        fingerprint: dict[str, Any],
+        device: torch.device,
+        n_attacks: int,
+        counter: _ForwardCounter,
+        adv_folder: str | None,
+        names: list[str],
+    ) -> None:
+        from fastnoise.eval import state as S
+
+        self.path, self.fingerprint, self.device = path, fingerprint, device
+        saved = S.load_state(path, fingerprint, "evaluate") if path is not None else None
+        self.resumed = saved is not None
+        self.done: tuple[int, int] = (0, 0)
+        self.tallies: list[_Tally] = []
+        self.rng: list[torch.Tensor] | None = None
+        if saved is not None:
+            self.done = (int(saved["repeat"]), int(saved["batch"]))
+            self.tallies = [_tally_from(t, n_attacks, device) for t in saved["tallies"]]
+            self.rng = saved["rng"]
+            counter.passes = [int(p) for p in saved["passes"]]
+            counter.rows = [int(r) for r in saved["rows"]]
+            counter.seconds = [float(t) for t in saved["seconds"]]
+        self.adv = S.AdvParts(adv_folder, names, self.resumed) if adv_folder else None
+
+    def restore_rng(self) -> None:
+        from fastnoise.eval import state as S
+
+        if self.rng is not None:
+            S.restore_rng(self.rng, self.device)
+            self.rng = None
+
+    def save(
+        self, done: tuple[int, int], tallies: list[_Tally], counter: _ForwardCounter | None
+    ) -> None:
+        from fastnoise.eval import state as S
+
+        if self.path is None:
+            return
+        assert counter is not None
+        S.save_state(
+            self.path, self.fingerprint, "evaluate",
+            repeat=done[0], batch=done[1], tallies=[_tally_state(t) for t in tallies],
+            passes=list(counter.passes), rows=list(counter.rows),
+            seconds=list(counter.seconds), rng=S.rng_state(self.device),
+        )  # fmt: skip
+
+    def save_adv(self, name: str, batch: int, x_adv: torch.Tensor, y: torch.Tensor, at: int):
+        if self.adv is not None:
+            self.adv.add(name, batch, x_adv, y, torch.arange(at, at + len(y)))
+
+    def finish(self) -> None:
+        if self.adv is not None:
+            self.adv.finish()
+
+    def remove(self) -> None:
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+
+def _tally_state(t: _Tally) -> dict[str, Any]:
+    """A tally as plain tensors and ints (for ``torch.load(weights_only=True)``)."""
+    return {
+        "n": t.n,
+        **{f: getattr(t, f).detach().cpu() for f in (*_COUNTS, *_PER_ATTACK)},
+        "outcomes": [_cat(o, torch.bool) for o in t.outcomes],
+    }
+
+
+def _tally_from(saved: dict[str, Any], n_attacks: int, device: torch.device) -> _Tally:
+    t = _Tally(n_attacks, device)
+    t.n = int(saved["n"])
+    for f in (*_COUNTS, *_PER_ATTACK):
+        setattr(t, f, saved[f].to(device))
+    t.outcomes = [[o.to(device)] for o in saved["outcomes"]]
+    return t
+
+
 ESTIMATE_WARN_S = 600  # print the projected time of runs longer than 10 minutes
 
 
@@ -340,13 +428,16 @@ def _run(
     in_worst: Sequence[bool] | None = None,
     draws: int = 1,
     counter: _ForwardCounter | None = None,
+    resume: _Resume | None = None,
 ) -> tuple[list[_Tally], tuple[torch.Tensor, torch.Tensor] | None]:
     """Run every attack on every batch, ``repeats`` times. ``None`` stands for "no attack"
     (eps = 0 in a sweep). ``in_worst`` picks the attacks of the per-sample worst case (all
     by default). Every prediction of a batch is judged on the same ``draws`` noise draws
     (:class:`_Judge`). Also returns the first ``keep`` samples, for the self-checks.
     A :class:`~fastnoise.eval.distributed.ShardedLoader` is this rank's share: its tallies
-    are local (and keep the samples' positions), see :func:`_reduce_tallies`."""
+    are local (and keep the samples' positions), see :func:`_reduce_tallies`.
+    ``resume`` (:class:`_Resume`) skips the work an interrupted run's state file records
+    as done, saves the state after every batch and the adversarial examples of repeat 0."""
     sharded = isinstance(loader, D.ShardedLoader)
     announce = not sharded or loader.shard.is_main  # the time estimate: once, not per rank
     in_worst = [True] * len(attacks) if in_worst is None else list(in_worst)
@@ -357,15 +448,35 @@ def _run(
     kept_y: list[torch.Tensor] = []
     tallies = []
     started = time.perf_counter()
+    done_repeat, done_batch = resume.done if resume is not None else (0, 0)
     with tqdm(total=total, desc=desc, unit="sample", disable=not progress, leave=False) as bar:
         for repeat in range(repeats):
-            tally = _Tally(len(attacks), device)
-            for x, y, index in _indexed_batches(loader, device):
+            if repeat < done_repeat:  # finished before the interruption
+                assert resume is not None
+                tallies.append(resume.tallies[repeat])
+                bar.update(tallies[-1].n)
+                if repeat == 0 and keep:  # the self-checks' samples
+                    for x, y in _batches(loader, device):
+                        if sum(len(k) for k in kept_y) >= keep:
+                            break
+                        kept_x.append(x)
+                        kept_y.append(y)
+                continue
+            if resume is not None and repeat == done_repeat and done_batch == 0:
+                resume.restore_rng()
+            partial = resume is not None and repeat == done_repeat and done_batch > 0
+            tally = resume.tallies[repeat] if partial else _Tally(len(attacks), device)
+            for batch, (x, y, index) in enumerate(_indexed_batches(loader, device)):
                 if index is not None:
                     tally.index.append(index)
                 if repeat == 0 and sum(len(k) for k in kept_y) < keep:
                     kept_x.append(x)
                     kept_y.append(y)
+                if partial and batch < done_batch:
+                    bar.update(len(y))
+                    continue
+                if partial and batch == done_batch:
+                    resume.restore_rng()
                 judge.new_batch()
                 clean, clean_majority, clean_all = _votes(judge.predictions(x), y)
                 survived, survived_all = clean.clone(), clean_all.clone()
@@ -379,6 +490,8 @@ def _run(
                         with guard, torch.enable_grad():
                             x_adv = attack(x, y).detach()
                         hit, majority, every = _votes(judge.predictions(x_adv), y)
+                        if resume is not None and repeat == 0:
+                            resume.save_adv(attack.name, batch, x_adv, y, tally.n)
                     tally.attacks[i] += hit.sum()
                     tally.attacks_majority[i] += majority.sum()
                     tally.attacks_all[i] += every.sum()
@@ -395,6 +508,8 @@ def _run(
                     _print_estimate(time.perf_counter() - started, len(y), total, bar)
                 tally.n += len(y)
                 bar.update(len(y))
+                if resume is not None:
+                    resume.save((repeat, batch + 1), [*tallies, tally], counter)
             # Sharded, a rank may hold no samples: _reduce_tallies checks the run's counts.
             if tally.n == 0 and not sharded:
                 raise ValueError("loader yielded no samples")
@@ -404,8 +519,12 @@ def _run(
                     f"{tally.n}); do not use drop_last with a random sampler"
                 )
             tallies.append(tally)
+            if resume is not None:
+                resume.save((repeat + 1, 0), tallies, counter)
             if tally.n:
                 bar.set_postfix(clean=f"{100 * int(tally.clean) / tally.n:.1f}%", refresh=False)
+    if resume is not None and done_repeat >= repeats:  # all done: the checks' stream
+        resume.restore_rng()
     kept = (torch.cat(kept_x)[:keep], torch.cat(kept_y)[:keep]) if kept_y else None
     return tallies, kept
 
@@ -438,6 +557,8 @@ def evaluate(
     protocol: str | None = None,
     eps: float | None = None,
     distributed: bool | None = None,
+    state_file: str | os.PathLike[str] | None = None,
+    save_adv: str | os.PathLike[str] | None = None,
 ) -> RobustnessReport:
     """Clean and robust accuracy (mean ± std over ``repeats``) plus the self-checks.
 
@@ -470,6 +591,17 @@ def evaluate(
     the same report. The model-level self-checks run on rank 0's first ``check_samples``
     samples and are broadcast; ``meta`` holds rank 0's device and time and the world size.
     On a deterministic model the counts equal a single process's.
+
+    ``state_file`` makes the run resumable (:mod:`fastnoise.eval.state`): after every batch
+    of every repeat the counts, per-sample outcomes, forward-pass counts and torch's RNG
+    state are written there; a rerun with the same arguments skips the done batches and
+    continues the same random stream, so it returns the report of an uninterrupted run
+    (but for the seconds). A file of a run with other settings is refused. The file is
+    deleted when the run finishes. The loader must yield the same batches in the same
+    order on every pass. ``save_adv`` (a folder) receives, per attack, the final
+    adversarial examples of repeat 0 as ``<attack>.pt``: a dict of ``x_adv`` (the input's
+    dtype), ``y`` and ``index`` (the samples' positions in the loader's order). Sharded
+    runs refuse both (one process per run: rerun without ``torchrun`` to use them).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -499,6 +631,11 @@ def evaluate(
     if shard.enabled:
         D.refuse_ddp(model, [*items, *(a for a, _ in limited)])
         progress = progress and shard.is_main
+        if state_file is not None or save_adv is not None:
+            raise ValueError(
+                "state_file and save_adv are not supported in a sharded (torchrun) run; "
+                "run in one process to resume or save adversarial examples"
+            )
     loader = _as_loader(loader, batch_size, shard)
     device = _resolve_device(model, device)
     bounded = [not math.isinf(float(a.eps)) for a in items]
@@ -506,14 +643,33 @@ def evaluate(
     started = time.perf_counter()
     counter = _ForwardCounter(model, len(items))
     keep = check_samples if shard.is_main else 0
+    resume = None
+    if state_file is not None or save_adv is not None:
+        fingerprint = {
+            "attacks": [attack_settings(a) for a in items],
+            "names": [a.name for a in items],
+            "repeats": repeats, "draws": draws, "seed": seed, "batch_size": batch_size,
+            "n_samples": _n_samples(loader), "protocol": protocol, "eps": eps,
+        }  # fmt: skip
+        try:
+            resume = _Resume(
+                None if state_file is None else os.fspath(state_file), fingerprint, device,
+                len(items), counter, None if save_adv is None else os.fspath(save_adv),
+                [a.name for a in items],
+            )  # fmt: skip
+        except BaseException:
+            counter.handle.remove()
+            raise
     with _frozen_eval(model), _seeded(seed, device, shard):
         try:
             tallies, kept = _run(
                 model, loader, items, repeats, device, progress, "evaluate", keep, in_worst,
-                draws, counter,
+                draws, counter, resume,
             )  # fmt: skip
         finally:
             counter.handle.remove()
+        if resume is not None:
+            resume.finish()
         if shard.enabled:
             _reduce_tallies(tallies, shard, counter)
         fractions = lambda pick: [int(pick(t)) / t.n for t in tallies]  # noqa: E731
@@ -574,6 +730,8 @@ def evaluate(
         seed=seed,
         protocol=protocol,
     )
+    if resume is not None:
+        resume.remove()
     return report
 
 
