@@ -41,25 +41,17 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler, RandomSampler
 
+from fastnoise.train.distributed import DistInfo
+
 __all__ = ["Shard", "ShardedLoader", "resolve", "rank_seed", "SINGLE"]
 
 RANK_SEED_STRIDE = 1_000_003  # rank r's generators start from seed + r * stride (as training)
 
 
 @dataclass(frozen=True)
-class Shard:
-    """This process's rank among ``world_size`` evaluating ranks."""
-
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+class Shard(DistInfo):
+    """This process's rank among ``world_size`` evaluating ranks (training's DistInfo,
+    plus the collectives evaluation needs)."""
 
     # -- collectives (every rank must call them, in the same order) ----------------------
 
