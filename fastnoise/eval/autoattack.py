@@ -94,6 +94,7 @@ class AutoAttackReport:
             "architecture": "",
             "eps": format_eps(self.eps, "linf") if self.norm == "Linf" else f"{self.eps:g}",
             "threat_model": self.norm,
+            "norm": self.norm,
             "clean_acc": f"{100 * self.clean_accuracy:.2f}",
             "reported": "",
             "autoattack_acc": f"{100 * self.robust_accuracy:.2f}",
