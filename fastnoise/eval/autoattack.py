@@ -195,18 +195,6 @@ class _Votes:
         return preds.mode(dim=0).values == y, (preds == y).all(dim=0)
 
 
-class _Counter:
-    def __init__(self, model: nn.Module) -> None:
-        self.passes = self.rows = 0
-        self.active = False
-        self.handle = model.register_forward_pre_hook(self._count)
-
-    def _count(self, module: nn.Module, args: tuple) -> None:
-        if self.active and args and isinstance(args[0], torch.Tensor):
-            self.passes += 1
-            self.rows += args[0].shape[0]
-
-
 def autoattack(
     model: nn.Module,
     loader: Iterable[Any],
@@ -256,6 +244,7 @@ def autoattack(
     from fastnoise.eval.evaluate import (
         _as_loader,
         _batches,
+        _ForwardCounter,
         _frozen_eval,
         _resolve_device,
         _seeded,
@@ -350,7 +339,7 @@ def autoattack(
 
         # sharded: this rank's robust points after the clean votes and after each stage
         counts = [int(robust.sum())] if shard.enabled else []
-        counter = _Counter(model)
+        counter = _ForwardCounter(model, 1)  # evaluate's, one slot: the stage running
         try:
             for k, (name, make) in enumerate(tqdm(plan, desc="autoattack", disable=not progress)):
                 if k < done:
@@ -457,17 +446,13 @@ def _run_stage(
         rows, begin = robust.nonzero().flatten(), 0
         broken = unconfirmed = passes0 = rows0 = 0
         seconds0 = 0.0
-    before_passes, before_rows = counter.passes, counter.rows
+    before_passes, before_rows = counter.passes[0], counter.rows[0]
     started = time.perf_counter()
     for start in range(begin, rows.numel(), batch_size):
         idx = rows[start : start + batch_size]
         attack = make(x[idx], y[idx])
-        counter.active = True
-        try:
-            with torch.enable_grad():
-                x_adv = attack(x[idx], y[idx]).detach()
-        finally:
-            counter.active = False
+        with counter.attack(0, device), torch.enable_grad():
+            x_adv = attack(x[idx], y[idx]).detach()
         vote_right, all_right = votes(x_adv, y[idx])
         robust[idx[~vote_right]] = False
         if adv is not None:
@@ -477,8 +462,8 @@ def _run_stage(
         if save is not None:
             save({
                 "rows": rows.cpu(), "next": start + batch_size, "broken": broken,
-                "unconfirmed": unconfirmed, "passes": passes0 + counter.passes - before_passes,
-                "forward_rows": rows0 + counter.rows - before_rows,
+                "unconfirmed": unconfirmed, "passes": passes0 + counter.passes[0] - before_passes,
+                "forward_rows": rows0 + counter.rows[0] - before_rows,
                 "seconds": seconds0 + time.perf_counter() - started,
             })  # fmt: skip
     if device.type == "cuda":
@@ -489,7 +474,7 @@ def _run_stage(
         attacked=int(rows.numel()),
         broken=broken,
         unconfirmed=unconfirmed,
-        forward_passes=passes0 + counter.passes - before_passes,
-        forward_rows=rows0 + counter.rows - before_rows,
+        forward_passes=passes0 + counter.passes[0] - before_passes,
+        forward_rows=rows0 + counter.rows[0] - before_rows,
         seconds=round(seconds0 + time.perf_counter() - started, 3),
     )
