@@ -235,3 +235,40 @@ def test_bf16_autocast_and_channels_last_on_cpu(tmp_path):
     assert math.isfinite(result.metrics[0]["adv_loss"])
     with pytest.raises(ValueError, match="fp16"):
         fit(dataclasses.replace(config, amp="fp16"), data=tiny_data(16))
+
+
+def test_patience_stops_when_validation_loss_stops_improving(tmp_path):
+    from fastnoise.train import Trainer
+    from fastnoise.train.distributed import DistInfo
+
+    config = TrainConfig(method="nfgsm", dataset="embedded", out=str(tmp_path), holdout=16,
+                         patience=2)  # fmt: skip
+    trainer = Trainer(config)
+    losses = [1.0, 0.7, 0.75, 0.69, 0.8, 0.9]  # best at epoch 4, two worse epochs after
+    best, stops = None, []
+    for epoch, loss in enumerate(losses, 1):
+        row = {"epoch": epoch, "val_loss_pgd": loss, "val_acc_pgd": 0.5}
+        best, stopped = trainer._track_best(row, small_cnn(), best, DistInfo())
+        stops.append(stopped)
+    assert stops == [False, False, False, False, False, True]
+    assert best["epoch"] == 4
+
+
+def test_patience_ends_fit_and_returns_the_best_epochs_model(tmp_path):
+    config = TrainConfig(
+        method="standard", dataset="embedded", epochs=6, batch_size=16, max_steps_per_epoch=1,
+        holdout=16, val_pgd_steps=1, lr=0.0, patience=1, out=str(tmp_path), progress=False,
+        plots=False,
+    )  # fmt: skip
+    result = fit(config, data=tiny_data(48))  # lr 0: only PGD's random start moves the loss
+    losses = [m["val_loss_pgd"] for m in result.metrics]
+    assert len(losses) < 6 and result.stopped_early and result.metrics[-1]["converged"] is True
+    assert losses[-1] >= min(losses[:-1])  # stopped at the first epoch that did not improve
+    best = torch.load(result.best_checkpoint, weights_only=True)
+    assert best["epoch"] == 1 + losses.index(min(losses))
+    for name, value in result.model.state_dict().items():  # fit returns the best epoch's
+        assert torch.equal(value, best["model"][name])
+    with pytest.raises(ValueError, match="patience needs holdout"):
+        TrainConfig(patience=3)
+    with pytest.raises(ValueError, match="patience must be >= 1"):
+        TrainConfig(patience=0, holdout=8)

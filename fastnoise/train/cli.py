@@ -205,7 +205,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"checkpoint: {result.checkpoint}")
     if result.best_checkpoint is not None:
         print(f"best checkpoint (lowest adversarial validation loss): {result.best_checkpoint}")
-    if result.stopped_early:
+    if result.stopped_early and result.metrics and result.metrics[-1].get("converged"):
+        print(
+            f"stopped early: no lower validation PGD loss for {config.patience} epochs "
+            "(--patience); the model is the best epoch's"
+        )
+    elif result.stopped_early:
         print("stopped early: catastrophic overfitting (validation PGD accuracy collapsed)")
     print(f"metrics: {result.out_dir / 'metrics.jsonl'}")
     return 0

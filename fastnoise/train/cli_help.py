@@ -73,6 +73,8 @@ FIELD_GROUPS: dict[str, dict[str, str]] = {
         "val_pgd_steps": "PGD steps of the validation attack",
         "overfit_drop": "rfgsm: stop when validation PGD accuracy falls by this fraction (0-1) "
         "below its best",
+        "patience": "stop once the validation PGD loss has not improved for N epochs, and "
+        "keep the best epoch (PNIL Sec. 4.4: trained till convergence; none: run all epochs)",
     },
     "run": {
         "seed": "seed of the initialisation, the data order, the held-out split and the noise",

@@ -76,6 +76,7 @@ class TrainConfig:
     # catastrophic-overfitting stop)
     val_pgd_steps: int = 10
     overfit_drop: float = 0.2  # rfgsm: stop when val PGD accuracy drops by this much
+    patience: int | None = None  # stop after N epochs without a lower val PGD loss
     # runtime
     seed: int = 0
     device: str = "auto"
@@ -118,6 +119,14 @@ class TrainConfig:
             )
         if self.noise_off_epochs < 0 or self.holdout < 0:
             raise ValueError("noise_off_epochs and holdout must be >= 0")
+        if self.patience is not None:
+            if int(self.patience) < 1:
+                raise ValueError(f"patience must be >= 1 (epochs), got {self.patience}")
+            if self.holdout == 0:
+                raise ValueError(
+                    "patience needs holdout > 0: it watches the adversarial validation loss "
+                    "on the held-out images"
+                )
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite exclude each other: continue or replace")
         if list(self.milestones) != sorted(self.milestones):

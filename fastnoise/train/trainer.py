@@ -369,7 +369,7 @@ class Trainer:
             D.barrier(dist_info)
 
         best_path = self.out_dir / BEST
-        if stopped and best is not None:  # RFGSM catastrophic overfitting: keep the best
+        if stopped and best is not None:  # overfitting or converged (patience): keep the best
             model.load_state_dict(load_checkpoint(best_path, map_location=device)["model"])
         if dist_info.is_main and c.plots:
             self._plots(metrics, model, held if held is not None else (X[:8], Y[:8]))
@@ -423,7 +423,8 @@ class Trainer:
     def _track_best(self, row, model, best, dist_info):
         """PNIL Sec. 4.4: keep the epoch with the lowest adversarial validation loss.
         RFGSM (Wong et al. 2020): a sharp drop of validation PGD accuracy is catastrophic
-        overfitting: stop and keep the previous best."""
+        overfitting: stop and keep the previous best. ``patience``: stop once the loss has
+        not improved for that many epochs (PNIL Sec. 4.4, "optimized till convergence")."""
         c = self.config
         stopped = False
         if c.method == "rfgsm" and best is not None:
@@ -446,6 +447,9 @@ class Trainer:
                     "metrics": dict(best),
                 }
                 atomic_save(state, self.out_dir / BEST)
+        if c.patience is not None and row["epoch"] - best["epoch"] >= c.patience:
+            row["converged"] = True  # no lower validation loss for `patience` epochs
+            stopped = True
         return best, stopped
 
     def _plots(self, metrics, model, sample) -> None:
