@@ -156,6 +156,33 @@ def test_compile_inductor_end_to_end():
     torch.testing.assert_close(y_again, y)  # torch.manual_seed reproduces the drawn seeds
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_pgd_step_is_fused_and_equals_eager(dtype):
+    """Under torch.compile the step is plain tensor arithmetic that Inductor fuses (no op
+    call in the graph), with the eager op's exact numbers, NaN kept as NaN."""
+    from torch._dynamo.testing import EagerAndRecordGraphs
+
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(3, 5, 7, generator=g).to(dtype)
+    x_adv = (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1).to(dtype)
+    grad = torch.randn(x.shape, generator=g).to(dtype)
+    grad[0, 0, :2] = 0.0
+    x_adv[1, 1, 1] = float("nan")
+
+    def step(a, gr, o):
+        return fastnoise.pgd_step(a, gr, o, 2 / 255, 8 / 255)
+
+    eager = step(x_adv, grad, x)
+    fused = torch.compile(step, fullgraph=True)(x_adv, grad, x)
+    torch.testing.assert_close(fused, eager, atol=0, rtol=0, equal_nan=True)
+    assert torch.isnan(fused[1, 1, 1])
+    recorder = EagerAndRecordGraphs()
+    torch.compile(step, backend=recorder, fullgraph=True)(x_adv, grad, x)
+    targets = {str(n.target) for gm in recorder.graphs for n in gm.graph.nodes}
+    assert not any("fastnoise" in t for t in targets), targets
+
+
 def test_seed_tensor_validation():
     x = torch.zeros(2, 3)
     with pytest.raises(ValueError, match="seed tensor must be one int64"):
