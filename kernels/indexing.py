@@ -61,3 +61,19 @@ def nhwc_tile(hw4, channels4, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
     quads = hw_start // 4 + tl.arange(0, BLOCK_HW // 4)
     counters = sample_counter + (c[:, None] * hw4 + quads[None, :])
     return hw, c, counters, sample_counter * 4
+
+
+@triton.jit
+def nhwc_feature_tile(hw4, channels4, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+    """One program's features of a channels_last sample, for the batch reductions.
+
+    Grid (cdiv(H*W, BLOCK_HW), C // BLOCK_C, row chunks); the program loops over rows.
+    Returns ``hw`` (BLOCK_HW,), ``c`` (BLOCK_C,) and the Philox counters of the logical
+    (BLOCK_C, BLOCK_HW // 4) tile within one row (add ``row * C*H*W // 4``): as
+    :func:`nhwc_tile`, without the sample.
+    """
+    hw_start = tl.program_id(0) * BLOCK_HW
+    hw = hw_start + tl.arange(0, BLOCK_HW)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    quads = hw_start // 4 + tl.arange(0, BLOCK_HW // 4)
+    return hw, c, c[:, None] * hw4 + quads[None, :]

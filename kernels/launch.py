@@ -77,14 +77,24 @@ def reduction_grid(rows: int, features: int, device: torch.device) -> ReductionG
     # partial sums, and the result, are bit-identical to BLOCK_F = 1024.
     block_f = max(MIN_BLOCK_F, min(GPU_BLOCK_F, triton.next_power_of_2(features)))
     warps = max(1, min(GPU_NUM_WARPS, block_f // (32 * ELEMENTS_PER_THREAD)))
-    feature_blocks = triton.cdiv(features, block_f)
+    chunks, rows_per_chunk = row_chunks(rows, triton.cdiv(features, block_f), device)
+    return ReductionGrid(block_f, chunks, rows_per_chunk, warps)
+
+
+def row_chunks(rows: int, feature_programs: int, device: torch.device) -> tuple[int, int]:
+    """(row chunks, rows per chunk) of a batch reduction whose features take
+    ``feature_programs`` programs: enough programs to fill the GPU, at least
+    MIN_ROWS_PER_PROGRAM rows each. One chunk of every row under the interpreter."""
+    if interpreting():
+        return 1, rows
     target = PROGRAMS_PER_SM * _sm_count(device.index or 0)
     chunks = max(
-        1, min(rows, triton.cdiv(target, feature_blocks), triton.cdiv(rows, MIN_ROWS_PER_PROGRAM))
+        1,
+        min(rows, triton.cdiv(target, feature_programs), triton.cdiv(rows, MIN_ROWS_PER_PROGRAM)),
     )
     # A power of two: rows per program is a kernel constant, so few variants get compiled.
     rows_per_chunk = triton.next_power_of_2(triton.cdiv(rows, chunks))
-    return ReductionGrid(block_f, triton.cdiv(rows, rows_per_chunk), rows_per_chunk, warps)
+    return triton.cdiv(rows, rows_per_chunk), rows_per_chunk
 
 
 def split_seed(seed: int) -> tuple[int, int]:

@@ -8,7 +8,12 @@ with z regenerated from (seed, offset), so nothing activation-sized is saved.
 import triton
 import triton.language as tl
 
-from fastnoise.kernels.indexing import block_addresses, feature_offset, nhwc_tile
+from fastnoise.kernels.indexing import (
+    block_addresses,
+    feature_offset,
+    nhwc_feature_tile,
+    nhwc_tile,
+)
 from fastnoise.kernels.philox import normal_at, normal_rows, normal_tile
 
 
@@ -146,3 +151,38 @@ def noise_backward_sigma_kernel(
         g = g.to(COMPUTE_DTYPE)
         acc += g * z.to(COMPUTE_DTYPE)
     tl.store(partial_ptr + pid_n * features + feature, acc, mask=feature_mask)
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset"])
+def noise_backward_sigma_nhwc_kernel(
+    grad_y_ptr,
+    partial_ptr,
+    rows,
+    hw4,
+    channels4,
+    seed_lo: tl.uint32,
+    seed_hi: tl.uint32,
+    offset: tl.int64,
+    ROWS_PER_PROGRAM: tl.constexpr,
+    COMPUTE_DTYPE: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    # channels_last with H*W % 4 == C % 4 == 0: grad_y in (hw, c) tiles, channels
+    # contiguous (vector loads); z from the logical (c, hw) tile, transposed on chip. The
+    # partial row is stored transposed back, in logical feature order, as the other kernel.
+    hw, c, counters = nhwc_feature_tile(hw4, channels4, BLOCK_HW, BLOCK_C)
+    hw_size = hw4 * 4
+    features = hw_size * channels4 * 4
+    in_hw = hw < hw_size
+    in_row = hw[:, None] * (channels4 * 4) + c[None, :]
+    acc = tl.full((BLOCK_HW, BLOCK_C), 0.0, COMPUTE_DTYPE)
+    pid_n = tl.program_id(2).to(tl.int64)
+    for r in range(0, ROWS_PER_PROGRAM):
+        row = pid_n * ROWS_PER_PROGRAM + r
+        z = tl.trans(normal_rows(seed_lo, seed_hi, offset + row * (features // 4) + counters))
+        mask = in_hw[:, None] & (row < rows)
+        g = tl.load(grad_y_ptr + row * features + in_row, mask=mask, other=0.0)
+        acc += g.to(COMPUTE_DTYPE) * z.to(COMPUTE_DTYPE)
+    partial = partial_ptr + pid_n * features + (c[:, None] * hw_size + hw[None, :])
+    tl.store(partial, tl.trans(acc), mask=in_hw[None, :])

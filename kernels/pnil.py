@@ -9,7 +9,12 @@ plus per-program partial sums for grad_W and grad_B in the same pass.
 import triton
 import triton.language as tl
 
-from fastnoise.kernels.indexing import block_addresses, feature_offset, nhwc_tile
+from fastnoise.kernels.indexing import (
+    block_addresses,
+    feature_offset,
+    nhwc_feature_tile,
+    nhwc_tile,
+)
 from fastnoise.kernels.philox import normal_at, normal_rows, normal_tile
 
 
@@ -159,3 +164,54 @@ def pnil_backward_kernel(
         acc_b += g_sigma
     tl.store(partial_w_ptr + pid_n * features + feature, acc_w, mask=feature_mask)
     tl.store(partial_b_ptr + pid_n * features + feature, acc_b, mask=feature_mask)
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset"])
+def pnil_backward_nhwc_kernel(
+    grad_y_ptr,
+    x_ptr,
+    weight_ptr,
+    bias_ptr,
+    grad_x_ptr,
+    partial_w_ptr,
+    partial_b_ptr,
+    rows,
+    hw4,
+    channels4,
+    seed_lo: tl.uint32,
+    seed_hi: tl.uint32,
+    offset: tl.int64,
+    ROWS_PER_PROGRAM: tl.constexpr,
+    COMPUTE_DTYPE: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    # channels_last tiles as noise_backward_sigma_nhwc_kernel: grad_y, x and grad_x in
+    # (hw, c) tiles (vector accesses), z, W and B transposed from logical (c, hw) tiles.
+    hw, c, counters = nhwc_feature_tile(hw4, channels4, BLOCK_HW, BLOCK_C)
+    hw_size = hw4 * 4
+    features = hw_size * channels4 * 4
+    in_hw = hw < hw_size
+    in_row = hw[:, None] * (channels4 * 4) + c[None, :]
+    logical = c[:, None] * hw_size + hw[None, :]
+    weight = tl.trans(tl.load(weight_ptr + logical, mask=in_hw[None, :]))
+    bias = tl.trans(tl.load(bias_ptr + logical, mask=in_hw[None, :]))
+    acc_w = tl.full((BLOCK_HW, BLOCK_C), 0.0, COMPUTE_DTYPE)
+    acc_b = tl.full((BLOCK_HW, BLOCK_C), 0.0, COMPUTE_DTYPE)
+    pid_n = tl.program_id(2).to(tl.int64)
+    for r in range(0, ROWS_PER_PROGRAM):
+        row = pid_n * ROWS_PER_PROGRAM + r
+        z = tl.trans(normal_rows(seed_lo, seed_hi, offset + row * (features // 4) + counters))
+        mask = in_hw[:, None] & (row < rows)
+        memory = row * features + in_row
+        g = tl.load(grad_y_ptr + memory, mask=mask, other=0.0).to(COMPUTE_DTYPE)
+        x = tl.load(x_ptr + memory, mask=mask, other=0.0).to(COMPUTE_DTYPE)
+        # As pnil_backward_kernel: dy/dSigma = z * exp(Sigma / 2) / 2, Sigma = x * W + B.
+        g_sigma = g * (0.5 * z.to(COMPUTE_DTYPE) * tl.exp(tl.fma(x, weight, bias) * 0.5))
+        grad_x = tl.fma(g_sigma, weight, g).to(grad_x_ptr.dtype.element_ty)
+        tl.store(grad_x_ptr + memory, grad_x, mask=mask)
+        acc_w += g_sigma * x
+        acc_b += g_sigma
+    partial = pid_n * features + logical
+    tl.store(partial_w_ptr + partial, tl.trans(acc_w), mask=in_hw[None, :])
+    tl.store(partial_b_ptr + partial, tl.trans(acc_b), mask=in_hw[None, :])

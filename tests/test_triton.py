@@ -539,6 +539,39 @@ def test_channels_last_runs_in_place(tb, device, shape, seed_offset):
     torch.testing.assert_close(got_w, expected_w, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_channels_last_backward_tiles_in_row_chunks(tb, device, dtype, monkeypatch):
+    """The channels_last backward kernels (grad_y, x, grad_x moved as channel vectors) sum
+    their rows in chunks on a GPU: forced here to chunks of 2 rows of 5 (the last chunk
+    half empty), with a pixel block masked (H*W = 12 in blocks of 8)."""
+    from fastnoise.kernels import launch
+
+    calls = []
+
+    def chunks_of_two(rows, feature_programs, device_):
+        calls.append(feature_programs)
+        return math.ceil(rows / 2), 2
+
+    monkeypatch.setattr(launch, "row_chunks", chunks_of_two)
+    monkeypatch.setattr(launch, "INTERPRETER_MAX_BLOCK", 64)  # BLOCK_C 8 x BLOCK_HW 8
+    shape = (5, 8, 3, 4)
+    x, grad = (_make(shape, dtype, device, "channels_last") for _ in range(2))
+    sigma, weight = torch.rand(8, 1, 1, device=device), 0.3 * torch.randn(shape[1:], device=device)
+    bias = 0.3 * torch.randn(shape[1:], device=device)
+    s, o = 2**40 + 1, 2**32 - 3
+    got = tb.noise_backward_sigma(grad, sigma, s, o)
+    torch.testing.assert_close(
+        got, ref.noise_backward_sigma(grad, sigma, s, o), atol=1e-4, rtol=1e-5
+    )
+    got = tb.pnil_backward(grad, x, weight, bias, s, o)
+    expected = ref.pnil_backward(grad, x, weight, bias, s, o)
+    assert got[0].is_contiguous(memory_format=torch.channels_last)
+    _close(got[0], expected[0])
+    for a, b in zip(got[1:], expected[1:], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert calls == [2, 2]  # both took the tile kernels: 2 pixel blocks x 1 channel block
+
+
 # ---- the compiled (GPU) path, checked without a GPU ------------------------------------
 
 _AOT_SCRIPT = r"""

@@ -176,9 +176,9 @@ def test_unaligned_numel_keeps_128_bit_accesses_outside_the_tail(compiled):
         assert unaligned["ld.global.v4.b32"] >= loads * per_tensor, (kernel, dict(unaligned))
 
 
-def test_channels_last_fp32_elementwise_paths_use_128_bit_accesses(compiled):
-    # channels_last with H*W % 4 == C % 4 == 0 (8x16x8x8): the forward kernels read and
-    # write pixels' channel vectors, and transpose the logical noise tile on chip. Strided
+def test_channels_last_fp32_paths_use_128_bit_accesses(compiled):
+    # channels_last with H*W % 4 == C % 4 == 0 (8x16x8x8): the kernels read and write
+    # pixels' channel vectors, and transpose the logical noise tile on chip. Strided
     # logical-order access made every x/y access scalar (and took 61-72 registers).
     first = {}
     for v in _ok(compiled):
@@ -187,6 +187,10 @@ def test_channels_last_fp32_elementwise_paths_use_128_bit_accesses(compiled):
         "noise_forward_nhwc_kernel": "noise_forward_kernel",
         "pnil_forward_nhwc_kernel": "pnil_forward_kernel",
         "random_start_nhwc_kernel": "random_start_kernel",
+        # The backward reductions: grad_y, x and grad_x in channel vectors (the strided
+        # logical-order kernels were scalar, with 163-165 registers).
+        "noise_backward_sigma_nhwc_kernel": "noise_backward_sigma_kernel",
+        "pnil_backward_nhwc_kernel": "pnil_backward_kernel",
     }
     for nhwc, contiguous in pairs.items():
         variant = first[(nhwc, "float32/channels_last/aligned")]

@@ -136,17 +136,42 @@ def _nhwc_tiles(x: torch.Tensor, layout: dict, launch) -> dict | None:
     hw = height * width
     if hw % 4 or channels % 4:
         return None
-    budget = launch.elementwise_block(x.numel())
+    block_hw, block_c, warps = _nhwc_block(hw, channels, launch.elementwise_block(x.numel()))
+    return dict(
+        grid=(batch * math.ceil(hw / block_hw), channels // block_c),
+        args=(hw // 4, channels // 4),
+        kwargs=dict(BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=warps),
+    )
+
+
+def _nhwc_block(hw: int, channels: int, budget: int) -> tuple[int, int, int]:
+    """(BLOCK_HW, BLOCK_C, warps) of a channels_last tile of at most ``budget`` elements."""
+    from fastnoise.kernels import launch
+
     block_c = min(launch.NHWC_MAX_BLOCK_C, channels & -channels)  # a power of 2 dividing C
     block_hw = max(4, min(1 << (hw - 1).bit_length(), budget // block_c))  # powers of 2
-    hw_blocks = math.ceil(hw / block_hw)
+    return block_hw, block_c, max(1, min(launch.num_warps(), block_hw * block_c // 256))
+
+
+def _nhwc_reduction(x: torch.Tensor, layout: dict, launch) -> dict | None:
+    """Tiles, grid (hw blocks, channel blocks, row chunks) and row chunks of the
+    ``*_backward*_nhwc_kernel``s for a channels_last ``x``, or None, as ``_nhwc_tiles``."""
+    if not layout["CHANNELS_LAST"]:
+        return None
+    rows, channels, height, width = x.shape
+    hw = height * width
+    if hw % 4 or channels % 4:
+        return None
+    budget = launch.INTERPRETER_MAX_BLOCK if launch.interpreting() else launch.GPU_BLOCK_F
+    block_hw, block_c, warps = _nhwc_block(hw, channels, budget)
+    feature_grid = (math.ceil(hw / block_hw), channels // block_c)
+    chunks, rows_per_chunk = launch.row_chunks(rows, feature_grid[0] * feature_grid[1], x.device)
     return dict(
-        grid=(batch * hw_blocks, channels // block_c),
+        grid=(*feature_grid, chunks),
+        chunks=chunks,
         args=(hw // 4, channels // 4),
         kwargs=dict(
-            BLOCK_HW=block_hw,
-            BLOCK_C=block_c,
-            num_warps=max(1, min(launch.num_warps(), block_hw * block_c // 256)),
+            ROWS_PER_PROGRAM=rows_per_chunk, BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=warps
         ),
     )
 
@@ -204,9 +229,18 @@ def noise_backward_sigma(
     acc_dtype = _compute_torch_dtype(grad_y.dtype)
     if grad_y.numel() == 0:
         return torch.zeros_like(sigma)
+    seed_lo, seed_hi = launch.split_seed(seed)
+    nhwc = _nhwc_reduction(grad_y, layout, launch)
+    if nhwc is not None:
+        partial = torch.empty((nhwc["chunks"], features), dtype=acc_dtype, device=grad_y.device)
+        _launch(
+            noise_injection.noise_backward_sigma_nhwc_kernel, nhwc["grid"], grad_y.device,
+            grad_y, partial, rows, *nhwc["args"], seed_lo, seed_hi, offset,
+            COMPUTE_DTYPE=launch.compute_dtype(grad_y.dtype), **nhwc["kwargs"],
+        )  # fmt: skip
+        return _summed_partials(partial, grad_y.shape[1:], sigma)
     reduction = launch.reduction_grid(rows, features, grad_y.device)
     partial = torch.empty((reduction.chunks, features), dtype=acc_dtype, device=grad_y.device)
-    seed_lo, seed_hi = launch.split_seed(seed)
     grid = (math.ceil(features / reduction.block_f), reduction.chunks)
     _launch(
         noise_injection.noise_backward_sigma_kernel, grid, grad_y.device,
@@ -216,8 +250,13 @@ def noise_backward_sigma(
         COMPUTE_DTYPE=launch.compute_dtype(grad_y.dtype), BLOCK_F=reduction.block_f,
         num_warps=reduction.num_warps,
     )  # fmt: skip
-    full = partial.sum(dim=0).view(1, *grad_y.shape[1:])
-    return _sum_to_feature_shape(full, sigma.shape).to(sigma.dtype)
+    return _summed_partials(partial, grad_y.shape[1:], sigma)
+
+
+def _summed_partials(partial: torch.Tensor, sample: torch.Size, param: torch.Tensor):
+    """The kernels' partial rows (chunks, F), summed in a fixed order to ``param``'s shape."""
+    full = partial.sum(dim=0).view(1, *sample)
+    return _sum_to_feature_shape(full, param.shape).to(param.dtype)
 
 
 def pnil_forward(
@@ -272,24 +311,34 @@ def pnil_backward(
     compute = _compute_torch_dtype(x.dtype)
     weight_f = _per_feature(weight, x.shape[1:], compute)
     bias_f = _per_feature(bias, x.shape[1:], compute)
-    reduction = launch.reduction_grid(rows, features, x.device)
-    partial_w = torch.empty((reduction.chunks, features), dtype=compute, device=x.device)
-    partial_b = torch.empty_like(partial_w)
     seed_lo, seed_hi = launch.split_seed(seed)
-    grid = (math.ceil(features / reduction.block_f), reduction.chunks)
-    _launch(
-        pnil.pnil_backward_kernel, grid, x.device,
-        grad_y, x, weight_f, bias_f, grad_x, partial_w, partial_b,
-        rows, features, layout["hw"], layout["channels"],
-        seed_lo, seed_hi, offset, ROWS_PER_PROGRAM=reduction.rows_per_chunk,
-        ROWS_ALIGNED=features % 4 == 0, CHANNELS_LAST=layout["CHANNELS_LAST"],
-        COMPUTE_DTYPE=launch.compute_dtype(x.dtype), BLOCK_F=reduction.block_f,
-        num_warps=reduction.num_warps,
-    )  # fmt: skip
+    nhwc = _nhwc_reduction(x, layout, launch)
+    chunks = nhwc["chunks"] if nhwc is not None else None
+    if nhwc is None:
+        reduction = launch.reduction_grid(rows, features, x.device)
+        chunks = reduction.chunks
+    partial_w = torch.empty((chunks, features), dtype=compute, device=x.device)
+    partial_b = torch.empty_like(partial_w)
+    if nhwc is not None:
+        _launch(
+            pnil.pnil_backward_nhwc_kernel, nhwc["grid"], x.device,
+            grad_y, x, weight_f, bias_f, grad_x, partial_w, partial_b, rows, *nhwc["args"],
+            seed_lo, seed_hi, offset, COMPUTE_DTYPE=launch.compute_dtype(x.dtype),
+            **nhwc["kwargs"],
+        )  # fmt: skip
+    else:
+        _launch(
+            pnil.pnil_backward_kernel, (math.ceil(features / reduction.block_f), chunks),
+            x.device, grad_y, x, weight_f, bias_f, grad_x, partial_w, partial_b,
+            rows, features, layout["hw"], layout["channels"],
+            seed_lo, seed_hi, offset, ROWS_PER_PROGRAM=reduction.rows_per_chunk,
+            ROWS_ALIGNED=features % 4 == 0, CHANNELS_LAST=layout["CHANNELS_LAST"],
+            COMPUTE_DTYPE=launch.compute_dtype(x.dtype), BLOCK_F=reduction.block_f,
+            num_warps=reduction.num_warps,
+        )  # fmt: skip
     sample = x.shape[1:]
-    grad_w = _sum_to_feature_shape(partial_w.sum(dim=0).view(1, *sample), weight.shape)
-    grad_b = _sum_to_feature_shape(partial_b.sum(dim=0).view(1, *sample), bias.shape)
-    return grad_x, grad_w.to(weight.dtype), grad_b.to(bias.dtype)
+    grad_w = _summed_partials(partial_w, sample, weight)
+    return grad_x, grad_w, _summed_partials(partial_b, sample, bias)
 
 
 def pgd_step(
