@@ -77,3 +77,21 @@ def nhwc_feature_tile(hw4, channels4, BLOCK_HW: tl.constexpr, BLOCK_C: tl.conste
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     quads = hw_start // 4 + tl.arange(0, BLOCK_HW // 4)
     return hw, c, c[:, None] * hw4 + quads[None, :]
+
+
+@triton.jit
+def reduction_rows(features, ROWS_PER_PROGRAM: tl.constexpr, CLASSES: tl.constexpr):
+    """(chunk start, first row, shift) of a batch-reduction program.
+
+    Grid axis 1 is (row chunk, class). CLASSES = 1 when rows are whole Philox counters
+    (features % 4 == 0): the program takes every row of its chunk. Else CLASSES = 4: the
+    rows of the chunk that are k (mod 4), whose elements all sit ``shift`` = (k * features)
+    % 4 lanes after a counter boundary, so a tile shifted back by ``shift`` features is
+    made of whole counters: one Philox call per 4 elements, as in aligned rows. Rows
+    first, first + CLASSES, ... below chunk start + ROWS_PER_PROGRAM.
+    """
+    pid = tl.program_id(1).to(tl.int64)
+    chunk_start = (pid // CLASSES) * ROWS_PER_PROGRAM
+    k = pid % CLASSES  # no branch (one return type): with CLASSES = 1 all of it folds to 0
+    first = chunk_start + (k - chunk_start % CLASSES + CLASSES) % CLASSES
+    return chunk_start, first, (k * features) % 4

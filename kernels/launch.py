@@ -58,27 +58,47 @@ def _sm_count(device_index: int) -> int:
 
 class ReductionGrid(NamedTuple):
     block_f: int
+    feature_blocks: int
     chunks: int
     rows_per_chunk: int
+    classes: int  # rows per chunk split by row % classes (see indexing.reduction_rows)
     num_warps: int
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.feature_blocks, self.partial_rows
+
+    @property
+    def partial_rows(self) -> int:
+        """Rows of the partial-sum buffer: one per program along the rows."""
+        return self.chunks * self.classes
 
 
 def reduction_grid(rows: int, features: int, device: torch.device) -> ReductionGrid:
-    """(BLOCK_F, row chunks, rows per chunk, warps) for the batch reductions of the backward.
+    """Block, grid and rows of the batch reductions of the backward.
 
     Enough programs to fill the GPU, but each one loops over several rows so the partial
-    buffer (row chunks x features, fp32) stays much smaller than the activation.
+    buffer (partial rows x features, fp32) stays much smaller than the activation. Rows
+    that do not start on a Philox counter (features % 4 != 0) go in 4 classes, each read
+    through a tile shifted back by up to 3 features: the span to cover is features + 3.
     """
+    classes = 1 if features % 4 == 0 else 4
+    span = features + (classes > 1) * 3
     if interpreting():
-        block_f = max(MIN_BLOCK_F, min(INTERPRETER_MAX_BLOCK, triton.next_power_of_2(features)))
-        return ReductionGrid(block_f, 1, rows, GPU_NUM_WARPS)
-    # Below 1024 features a block of next_power_of_2(F) covers the row: no Philox work for
-    # masked-off features. Row chunking is unchanged (one feature block either way), so the
-    # partial sums, and the result, are bit-identical to BLOCK_F = 1024.
-    block_f = max(MIN_BLOCK_F, min(GPU_BLOCK_F, triton.next_power_of_2(features)))
+        block_f = max(MIN_BLOCK_F, min(INTERPRETER_MAX_BLOCK, triton.next_power_of_2(span)))
+        return ReductionGrid(block_f, triton.cdiv(span, block_f), 1, rows, classes, GPU_NUM_WARPS)
+    # Below 1024 features a block of next_power_of_2(span) covers the row: no Philox work
+    # for masked-off features. Row chunking is unchanged (one feature block either way), so
+    # the partial sums, and the result, are bit-identical to BLOCK_F = 1024.
+    block_f = max(MIN_BLOCK_F, min(GPU_BLOCK_F, triton.next_power_of_2(span)))
     warps = max(1, min(GPU_NUM_WARPS, block_f // (32 * ELEMENTS_PER_THREAD)))
-    chunks, rows_per_chunk = row_chunks(rows, triton.cdiv(features, block_f), device)
-    return ReductionGrid(block_f, chunks, rows_per_chunk, warps)
+    feature_blocks = triton.cdiv(span, block_f)
+    # Chunked as rows // classes rows of one class, each program then loops over as many.
+    chunks, per_class = row_chunks(triton.cdiv(rows, classes), feature_blocks * classes, device)
+    rows_per_chunk = per_class * classes
+    return ReductionGrid(
+        block_f, feature_blocks, triton.cdiv(rows, rows_per_chunk), rows_per_chunk, classes, warps
+    )
 
 
 def row_chunks(rows: int, feature_programs: int, device: torch.device) -> tuple[int, int]:

@@ -13,8 +13,9 @@ from fastnoise.kernels.indexing import (
     feature_offset,
     nhwc_feature_tile,
     nhwc_tile,
+    reduction_rows,
 )
-from fastnoise.kernels.philox import normal_at, normal_rows, normal_tile
+from fastnoise.kernels.philox import normal_rows, normal_tile
 
 
 @triton.jit
@@ -119,38 +120,33 @@ def noise_backward_sigma_kernel(
     offset: tl.int64,
     # A constant, not an argument: triton 3.6's interpreter cannot range() over a scalar arg.
     ROWS_PER_PROGRAM: tl.constexpr,
-    ROWS_ALIGNED: tl.constexpr,
+    CLASSES: tl.constexpr,
     CHANNELS_LAST: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
     BLOCK_F: tl.constexpr,
 ):
-    # Grid (feature blocks, row chunks): each program sums grad_y * z over its rows for
-    # BLOCK_F features and writes one partial row; the host sums the partial rows, so the
-    # result does not depend on scheduling (no atomics).
-    pid_f = tl.program_id(0).to(tl.int64)
-    pid_n = tl.program_id(1).to(tl.int64)
+    # Grid (feature blocks, row chunks x CLASSES): each program sums grad_y * z over its
+    # rows (see reduction_rows) for BLOCK_F features and writes one partial row; the host
+    # sums the partial rows, so the result does not depend on scheduling (no atomics).
+    chunk_start, first_row, shift = reduction_rows(features, ROWS_PER_PROGRAM, CLASSES)
     lanes = tl.arange(0, 4)
-    feature_counters = pid_f * (BLOCK_F // 4) + tl.arange(0, BLOCK_F // 4)
-    feature = feature_counters[:, None] * 4 + lanes[None, :]
-    feature_mask = feature < features
+    block_start = tl.program_id(0).to(tl.int64) * BLOCK_F - shift  # a counter boundary
+    feature = block_start + (tl.arange(0, BLOCK_F // 4)[:, None] * 4 + lanes[None, :])
+    if CLASSES == 1:
+        feature_mask = feature < features
+    else:  # the shifted tile starts up to 3 features before the block
+        feature_mask = (feature >= 0) & (feature < features)
     in_row = feature_offset(feature, hw, channels, CHANNELS_LAST)
     acc = tl.full((BLOCK_F // 4, 4), 0.0, COMPUTE_DTYPE)
-    first_row = pid_n * ROWS_PER_PROGRAM
-    for r in range(0, ROWS_PER_PROGRAM):
-        row = first_row + r
-        index = row * features + feature
-        mask = feature_mask & (row < rows)
-        if ROWS_ALIGNED:
-            # features % 4 == 0: every row starts on a counter, one Philox call per 4 lanes.
-            z = normal_tile(
-                seed_lo, seed_hi, offset + row * (features // 4) + feature_counters, lanes
-            )
-        else:
-            z = normal_at(seed_lo, seed_hi, offset, index)
+    for r in range(0, (ROWS_PER_PROGRAM + CLASSES - 1) // CLASSES):
+        row = first_row + r * CLASSES
+        mask = feature_mask & (row < rows) & (row < chunk_start + ROWS_PER_PROGRAM)
+        counters = (row * features + block_start) // 4 + tl.arange(0, BLOCK_F // 4)
+        z = normal_tile(seed_lo, seed_hi, offset + counters, lanes)
         g = tl.load(grad_y_ptr + row * features + in_row, mask=mask, other=0.0)
         g = g.to(COMPUTE_DTYPE)
         acc += g * z.to(COMPUTE_DTYPE)
-    tl.store(partial_ptr + pid_n * features + feature, acc, mask=feature_mask)
+    tl.store(partial_ptr + tl.program_id(1) * features + feature, acc, mask=feature_mask)
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset"])

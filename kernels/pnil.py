@@ -14,8 +14,9 @@ from fastnoise.kernels.indexing import (
     feature_offset,
     nhwc_feature_tile,
     nhwc_tile,
+    reduction_rows,
 )
-from fastnoise.kernels.philox import normal_at, normal_rows, normal_tile
+from fastnoise.kernels.philox import normal_rows, normal_tile
 
 
 @triton.jit
@@ -125,34 +126,30 @@ def pnil_backward_kernel(
     offset: tl.int64,
     # A constant, not an argument: triton 3.6's interpreter cannot range() over a scalar arg.
     ROWS_PER_PROGRAM: tl.constexpr,
-    ROWS_ALIGNED: tl.constexpr,
+    CLASSES: tl.constexpr,
     CHANNELS_LAST: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
     BLOCK_F: tl.constexpr,
 ):
-    # Same (feature blocks, row chunks) grid as noise_backward_sigma_kernel.
-    pid_f = tl.program_id(0).to(tl.int64)
-    pid_n = tl.program_id(1).to(tl.int64)
+    # Same grid and rows as noise_backward_sigma_kernel.
+    chunk_start, first_row, shift = reduction_rows(features, ROWS_PER_PROGRAM, CLASSES)
     lanes = tl.arange(0, 4)
-    feature_counters = pid_f * (BLOCK_F // 4) + tl.arange(0, BLOCK_F // 4)
-    feature = feature_counters[:, None] * 4 + lanes[None, :]
-    feature_mask = feature < features
+    block_start = tl.program_id(0).to(tl.int64) * BLOCK_F - shift  # a counter boundary
+    feature = block_start + (tl.arange(0, BLOCK_F // 4)[:, None] * 4 + lanes[None, :])
+    if CLASSES == 1:
+        feature_mask = feature < features
+    else:
+        feature_mask = (feature >= 0) & (feature < features)
     in_row = feature_offset(feature, hw, channels, CHANNELS_LAST)
     weight = tl.load(weight_ptr + feature, mask=feature_mask, other=0.0)
     bias = tl.load(bias_ptr + feature, mask=feature_mask, other=0.0)
     acc_w = tl.full((BLOCK_F // 4, 4), 0.0, COMPUTE_DTYPE)
     acc_b = tl.full((BLOCK_F // 4, 4), 0.0, COMPUTE_DTYPE)
-    first_row = pid_n * ROWS_PER_PROGRAM
-    for r in range(0, ROWS_PER_PROGRAM):
-        row = first_row + r
-        index = row * features + feature
-        mask = feature_mask & (row < rows)
-        if ROWS_ALIGNED:
-            z = normal_tile(
-                seed_lo, seed_hi, offset + row * (features // 4) + feature_counters, lanes
-            )
-        else:
-            z = normal_at(seed_lo, seed_hi, offset, index)
+    for r in range(0, (ROWS_PER_PROGRAM + CLASSES - 1) // CLASSES):
+        row = first_row + r * CLASSES
+        mask = feature_mask & (row < rows) & (row < chunk_start + ROWS_PER_PROGRAM)
+        counters = (row * features + block_start) // 4 + tl.arange(0, BLOCK_F // 4)
+        z = normal_tile(seed_lo, seed_hi, offset + counters, lanes)
         memory = row * features + in_row  # grad_y, x and grad_x share one layout
         g = tl.load(grad_y_ptr + memory, mask=mask, other=0.0).to(COMPUTE_DTYPE)
         x = tl.load(x_ptr + memory, mask=mask, other=0.0).to(COMPUTE_DTYPE)
@@ -162,8 +159,9 @@ def pnil_backward_kernel(
         tl.store(grad_x_ptr + memory, grad_x, mask=mask)
         acc_w += g_sigma * x
         acc_b += g_sigma
-    tl.store(partial_w_ptr + pid_n * features + feature, acc_w, mask=feature_mask)
-    tl.store(partial_b_ptr + pid_n * features + feature, acc_b, mask=feature_mask)
+    partial = tl.program_id(1) * features + feature
+    tl.store(partial_w_ptr + partial, acc_w, mask=feature_mask)
+    tl.store(partial_b_ptr + partial, acc_b, mask=feature_mask)
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset"])

@@ -357,14 +357,32 @@ def test_reduction_grid_on_gpu_sizes(tb, monkeypatch):
     cuda = torch.device("cuda", 0)
     cases = [(128, 16 * 32 * 32), (128, 64 * 8 * 8), (3, 10), (1000, 7), (64, 105), (256, 784)]
     for rows, features in cases:
-        block_f, chunks, rows_per_chunk, warps = launch.reduction_grid(rows, features, cuda)
+        grid = launch.reduction_grid(rows, features, cuda)
+        block_f, chunks, rows_per_chunk, warps = (
+            grid.block_f,
+            grid.chunks,
+            grid.rows_per_chunk,
+            grid.num_warps,
+        )
+        # Rows off counter boundaries go in 4 classes read through tiles shifted back by
+        # up to 3 features, so the blocks cover features + 3.
+        classes = 1 if features % 4 == 0 else 4
+        span = features + 3 * (classes > 1)
+        assert grid.classes == classes and grid.grid == (
+            triton.cdiv(span, block_f),
+            chunks * classes,
+        )
         # One block covers a row below 1024 features, with no masked-off Philox work
         # beyond the next power of two.
-        assert block_f == min(launch.GPU_BLOCK_F, max(16, triton.next_power_of_2(features)))
+        assert block_f == min(launch.GPU_BLOCK_F, max(16, triton.next_power_of_2(span)))
         # At least 4 features per thread (one 128-bit fp32 access), unless one warp is left.
         assert warps == 1 or block_f >= 4 * 32 * warps, (features, block_f, warps)
         assert (chunks - 1) * rows_per_chunk < rows <= chunks * rows_per_chunk  # every row once
-        assert chunks <= max(1, rows // launch.MIN_ROWS_PER_PROGRAM + 1)  # small partial sums
+        assert rows_per_chunk % classes == 0  # each class of a chunk: rows_per_chunk // 4 rows
+        per_program = max(1, min(rows, launch.MIN_ROWS_PER_PROGRAM))
+        assert grid.partial_rows <= max(classes, rows // per_program + classes)  # small sums
+        if classes > 1:
+            continue
         # The rows are chunked as with BLOCK_F = 1024, so the sums are grouped, and
         # rounded, the same way.
         blocks_1024 = triton.cdiv(features, 1024)
@@ -392,6 +410,39 @@ def test_block_f_from_features_is_bit_identical(tb, device, shape, monkeypatch):
         results.append((grad_sigma, *tb.pnil_backward(g, x, weight, bias, 7, 3)))
     for sized, fixed in zip(*results, strict=True):
         assert torch.equal(sized, fixed)
+
+
+@pytest.mark.parametrize("shape", [(70, 3, 5, 7), (66, 2, 3), (37, 10)])
+def test_unaligned_rows_in_classes_and_chunks_match_the_reference(tb, device, shape, monkeypatch):
+    # Rows that start mid-counter (features % 4 != 0) are summed in 4 classes of row % 4,
+    # in row chunks on a GPU: the GPU's grid is forced here, so several chunks (the last
+    # one short) and every class are exercised, with the tile shifted back per class.
+    from fastnoise.kernels import launch
+
+    monkeypatch.setattr(launch, "interpreting", lambda: False)
+    monkeypatch.setattr(launch, "_sm_count", lambda index: 132)
+    grid = launch.reduction_grid(shape[0], math.prod(shape[1:]), torch.device("cuda", 0))
+    assert grid.classes == 4 and (shape[0] < 64 or grid.chunks > 1)
+    x, g = _make(shape, torch.float32, device), _make(shape, torch.float32, device)
+    sigma = torch.rand(shape[1:], device=device)
+    weight, bias = (
+        0.3 * torch.randn(shape[1:], device=device),
+        torch.randn(shape[1:], device=device),
+    )
+    s, o = 2**40 + 1, 2**32 - 3
+    torch.testing.assert_close(
+        tb.noise_backward_sigma(g, sigma, s, o),
+        ref.noise_backward_sigma(g, sigma, s, o),
+        atol=1e-4,
+        rtol=1e-5,
+    )
+    got, expected = (
+        tb.pnil_backward(g, x, weight, bias, s, o),
+        ref.pnil_backward(g, x, weight, bias, s, o),
+    )
+    _close(got[0], expected[0])
+    for a, b in zip(got[1:], expected[1:], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
 
 
 def test_features_past_the_int32_index_bound_are_refused_by_name(tb):

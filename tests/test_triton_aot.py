@@ -203,6 +203,25 @@ def test_channels_last_fp32_paths_use_128_bit_accesses(compiled):
         assert registers <= baseline["reg"] + 8, (str(variant), registers, baseline)
 
 
+def test_unaligned_backward_rows_cost_one_philox_call_per_four_elements(compiled):
+    # Rows of 105 features start mid-counter. Drawing each element's noise on its own
+    # (one Philox call per element) did 4x the aligned rows' Philox work; rows grouped by
+    # row % 4 read whole counters: as many Philox multiplies per counter as aligned rows.
+    def mulhi_per_counter(variant):
+        per_thread = (
+            variant.launch.kwargs["BLOCK_F"] // 4 // (32 * variant.launch.kwargs["num_warps"])
+        )
+        return variant.compiled.asm["ptx"].count("mul.hi") / max(1, per_thread)
+
+    first = {}
+    for v in _ok(compiled):
+        first.setdefault((v.kernel, v.kind), v)
+    for kernel in ("noise_backward_sigma_kernel", "pnil_backward_kernel"):
+        aligned = mulhi_per_counter(first[(kernel, "float32/contiguous/aligned")])
+        unaligned = mulhi_per_counter(first[(kernel, "float32/contiguous/unaligned")])
+        assert aligned > 0 and unaligned <= 1.1 * aligned, (kernel, aligned, unaligned)
+
+
 def test_no_variant_spills_registers(compiled):
     # Local memory per thread beyond the stack frame libdevice's sin/cos keep for their
     # slow path would be spills: each noise element would then round-trip through memory.

@@ -240,13 +240,12 @@ def noise_backward_sigma(
         )  # fmt: skip
         return _summed_partials(partial, grad_y.shape[1:], sigma)
     reduction = launch.reduction_grid(rows, features, grad_y.device)
-    partial = torch.empty((reduction.chunks, features), dtype=acc_dtype, device=grad_y.device)
-    grid = (math.ceil(features / reduction.block_f), reduction.chunks)
+    partial = torch.empty((reduction.partial_rows, features), dtype=acc_dtype, device=grad_y.device)
     _launch(
-        noise_injection.noise_backward_sigma_kernel, grid, grad_y.device,
+        noise_injection.noise_backward_sigma_kernel, reduction.grid, grad_y.device,
         grad_y, partial, rows, features, layout["hw"], layout["channels"],
         seed_lo, seed_hi, offset, ROWS_PER_PROGRAM=reduction.rows_per_chunk,
-        ROWS_ALIGNED=features % 4 == 0, CHANNELS_LAST=layout["CHANNELS_LAST"],
+        CLASSES=reduction.classes, CHANNELS_LAST=layout["CHANNELS_LAST"],
         COMPUTE_DTYPE=launch.compute_dtype(grad_y.dtype), BLOCK_F=reduction.block_f,
         num_warps=reduction.num_warps,
     )  # fmt: skip
@@ -313,11 +312,10 @@ def pnil_backward(
     bias_f = _per_feature(bias, x.shape[1:], compute)
     seed_lo, seed_hi = launch.split_seed(seed)
     nhwc = _nhwc_reduction(x, layout, launch)
-    chunks = nhwc["chunks"] if nhwc is not None else None
     if nhwc is None:
         reduction = launch.reduction_grid(rows, features, x.device)
-        chunks = reduction.chunks
-    partial_w = torch.empty((chunks, features), dtype=compute, device=x.device)
+    partial_rows = nhwc["chunks"] if nhwc is not None else reduction.partial_rows
+    partial_w = torch.empty((partial_rows, features), dtype=compute, device=x.device)
     partial_b = torch.empty_like(partial_w)
     if nhwc is not None:
         _launch(
@@ -328,11 +326,11 @@ def pnil_backward(
         )  # fmt: skip
     else:
         _launch(
-            pnil.pnil_backward_kernel, (math.ceil(features / reduction.block_f), chunks),
+            pnil.pnil_backward_kernel, reduction.grid,
             x.device, grad_y, x, weight_f, bias_f, grad_x, partial_w, partial_b,
             rows, features, layout["hw"], layout["channels"],
             seed_lo, seed_hi, offset, ROWS_PER_PROGRAM=reduction.rows_per_chunk,
-            ROWS_ALIGNED=features % 4 == 0, CHANNELS_LAST=layout["CHANNELS_LAST"],
+            CLASSES=reduction.classes, CHANNELS_LAST=layout["CHANNELS_LAST"],
             COMPUTE_DTYPE=launch.compute_dtype(x.dtype), BLOCK_F=reduction.block_f,
             num_warps=reduction.num_warps,
         )  # fmt: skip
