@@ -73,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--full-spsa-seeds", type=int, nargs="*", default=[0],
                    help="with --protocol: seeds whose SPSA uses the protocol's budget")  # fmt: skip
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="run the attacks' model forwards through torch.compile")  # fmt: skip
     p.add_argument("--out", default="runs/pnil_table1")
@@ -89,7 +90,7 @@ def train(args, dataset: str, pnil: bool, seed: int) -> tuple[torch.nn.Module, d
         preset, epochs=args.epochs, train_limit=args.train_limit, holdout=args.holdout,
         data_root=args.data_root, seed=seed, out=str(out), progress=args.progress,
         cycle_epochs=max(args.epochs / 2, 0.5) if args.patience is None else 2.0,
-        patience=args.patience, resume=(out / "last.pt").exists(),
+        patience=args.patience, resume=(out / "last.pt").exists(), device=args.device,
         overwrite=not (out / "last.pt").exists(),
         plots=False,
     )  # fmt: skip
@@ -99,7 +100,10 @@ def train(args, dataset: str, pnil: bool, seed: int) -> tuple[torch.nn.Module, d
     path = result.best_checkpoint or result.checkpoint
     best = torch.load(path, map_location="cpu", weights_only=True)["epoch"]
     info = {"preset": preset, "epochs_run": len(result.metrics), "best_epoch": best}
-    return load_model(path, "cpu"), info, seconds
+    device = (
+        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    return load_model(path, device), info, seconds
 
 
 def attack_plan(args, model, dataset: str, pnil: bool, seed: int) -> tuple[list, object, str]:
@@ -236,6 +240,7 @@ def render(args, rows: list[dict], total: float) -> str:
         "",
         f"Command: `{command}`",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}, "
         f"torch {torch.__version__}. This invocation took {total / 60:.1f} min (rows "
         "finished by an earlier invocation are read back).",
         "",

@@ -1,0 +1,57 @@
+"""benchmarks/reproduce_pnil_table1.py's choices, checked without training or attacking:
+the protocol's attack settings per model and seed, and the mean ± std table."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import reproduce_pnil_table1 as script  # noqa: E402
+
+from fastnoise.models import small_cnn  # noqa: E402
+
+ARGS = ["--protocol", "pnil", "--seeds", "0", "1", "--full-spsa-seeds", "0"]
+EPS = 4 / 255  # Fashion-MNIST, PNIL Sec. 4.3
+
+
+def _plan(pnil: bool, seed: int, extra=()):
+    args = script.parse_args([*ARGS, "--spsa-steps", "5", "--spsa-batch", "16", *extra])
+    return script.attack_plan(args, small_cnn(pnil=pnil), "fashion-mnist", pnil, seed)
+
+
+def test_pnil_models_get_the_protocols_eot_and_a_robust_spsa_stop():
+    white_box, spsa, budget = _plan(pnil=True, seed=0)
+    pgd = next(a for a in white_box if a.name.endswith("pgd"))
+    assert pgd.eot == 100 and pgd.steps == 50 and pgd.alpha == pytest.approx(2 * EPS / 50)
+    assert {a.name for a in white_box} == {"fgsm", "eot-pgd"}
+    assert (spsa.steps, spsa.samples, budget) == (100, 2048, "100 x 2048")  # a full seed
+    assert spsa.stop_draws == script.STOP_DRAWS  # one lucky draw ends no attack
+
+
+def test_deterministic_models_skip_eot_and_other_seeds_get_the_stated_budget():
+    white_box, spsa, budget = _plan(pnil=False, seed=1)
+    assert all(a.eot == 1 for a in white_box)  # EOT over 100 equal draws is one draw
+    assert (spsa.steps, spsa.samples, budget) == (5, 16, "5 x 16")
+    assert spsa.stop_draws == 1
+
+
+def test_table_gives_mean_and_std_over_seeds_and_each_seeds_budget():
+    args = script.parse_args([*ARGS, "--datasets", "fashion-mnist", "--patience", "3"])
+    base = dict(dataset="fashion-mnist", pnil=False, epochs_run=9, best_epoch=6, pgd_eot=1,
+                spsa_passes=1000, t_train=1.0, t_pgd=1.0, t_spsa=1.0)  # fmt: skip
+    rows = [
+        {**base, "seed": 0, "clean": 90.0, "spsa": 80.0, "pgd": 70.0, "min": 70.0,
+         "spsa_budget": "100 x 2048"},
+        {**base, "seed": 1, "clean": 92.0, "spsa": 84.0, "pgd": 74.0, "min": 74.0,
+         "spsa_budget": "5 x 16"},
+    ]  # fmt: skip
+    text = script.render(args, rows, 60.0)
+    assert (
+        "| fashion-mnist (eps 4/255) | NFGSM | 2 | 91.0 ± 1.4 | 82.0 ± 2.8 | 72.0 ± 2.8 |" in text
+    )
+    assert "| 100 x 2048 |" in text and "| 5 x 16 |" in text
+    assert "--patience 3 --protocol pnil --full-spsa-seeds 0" in text
