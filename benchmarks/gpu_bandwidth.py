@@ -2,7 +2,8 @@
 
     python benchmarks/gpu_bandwidth.py [--backend triton] [--dtype float32]
 
-Shapes are ResNet-V1(20)'s activations at batch 128 plus one large tensor. GB/s counts
+Shapes are ResNet-V1(20)'s activations at batch 128 plus one large tensor, two of them
+also channels_last ("cl" rows), and one whose rows start mid-counter. GB/s counts
 the bytes each op must move at minimum (reads + writes of activation-sized tensors) and
 is compared with a device-to-device copy, the practical ceiling. Needs CUDA.
 """
@@ -17,6 +18,14 @@ from collections.abc import Callable
 import torch
 
 SHAPES = [(128, 16, 32, 32), (128, 32, 16, 16), (128, 64, 8, 8), (256, 64, 64, 64)]
+# (shape, layout) rows: the contiguous shapes, two channels_last ResNet-20 activations (the
+# channel-vector tile kernels) and rows of 3*33*33 features, which start mid-counter.
+CASES = [
+    *((shape, "contiguous") for shape in SHAPES),
+    ((128, 16, 32, 32), "channels_last"),
+    ((128, 64, 8, 8), "channels_last"),
+    ((128, 3, 33, 33), "contiguous"),
+]
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -52,10 +61,13 @@ def _median_ms(fn: Callable) -> float:
     return do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
-def _rows(shape, dtype, backend):
+def _rows(shape, dtype, backend, layout="contiguous"):
     import fastnoise
 
     x = torch.rand(shape, device="cuda", dtype=dtype)
+    suffix = ""
+    if layout == "channels_last":
+        x, suffix = x.contiguous(memory_format=torch.channels_last), " cl"
     x_req = x.clone().requires_grad_()
     n_bytes = x.numel() * x.element_size()
     sigma = torch.full(shape[1:2] + (1, 1), 0.1, device="cuda", requires_grad=True)
@@ -110,7 +122,7 @@ def _rows(shape, dtype, backend):
     for name, fused_fn, eager_fn, tensors in cases:
         fused_ms, eager_ms = _median_ms(fused_fn), _median_ms(eager_fn)
         gbs = tensors * n_bytes / fused_ms / 1e6
-        yield (name, fused_ms, eager_ms, gbs, 100.0 * gbs / copy_gbs)
+        yield (name + suffix, fused_ms, eager_ms, gbs, 100.0 * gbs / copy_gbs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     header = f"{'shape':<22}{'op':<16}{'fused ms':>10}{'eager ms':>10}{'speed-up':>10}"
     print(header + f"{'GB/s':>9}{'% copy':>8}")
-    for shape in SHAPES:
-        for name, fused_ms, eager_ms, gbs, pct in _rows(shape, DTYPES[args.dtype], args.backend):
+    for shape, layout in CASES:
+        rows = _rows(shape, DTYPES[args.dtype], args.backend, layout)
+        for name, fused_ms, eager_ms, gbs, pct in rows:
             print(
                 f"{str(shape):<22}{name:<16}{fused_ms:>10.4f}{eager_ms:>10.4f}"
                 f"{eager_ms / fused_ms:>9.2f}x{gbs:>9.0f}{pct:>7.0f}%"
