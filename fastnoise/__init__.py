@@ -13,7 +13,7 @@ from fastnoise.functional import inject_noise, pgd_step, pnil, random_start
 __version__ = "0.1.0"
 
 # Heavier subpackages load on first use, so `import fastnoise` stays quick.
-_SUBPACKAGES = ("nn", "models", "data", "attacks", "eval", "train")
+_SUBPACKAGES = ("nn", "models", "data", "attacks", "eval", "train", "certify")
 
 __all__ = [
     "functional",

@@ -1,4 +1,4 @@
-"""The ``fastnoise`` command: ``fastnoise {train,eval,demo} ...``.
+"""The ``fastnoise`` command: ``fastnoise {train,eval,certify,demo} ...``.
 
 Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and
 ``run(args) -> int`` (and optionally ``interrupted_message(args)`` for Ctrl-C); they are
@@ -18,9 +18,10 @@ from fastnoise import __version__
 SUBCOMMANDS = {
     "train": ("fastnoise.train.cli", "train a model (Learn2Perturb, PNI, PNIL+NFGSM, ...)"),
     "eval": ("fastnoise.eval.cli", "evaluate a checkpoint against the attack suite"),
+    "certify": ("fastnoise.certify.cli", "certify a checkpoint by randomized smoothing"),
     "demo": ("fastnoise.demo", "offline end-to-end demo on the embedded dataset"),
 }
-DESCRIPTION = "Noise-injection defenses for PyTorch: train, evaluate, or run the demo."
+DESCRIPTION = "Noise-injection defenses for PyTorch: train, evaluate, certify, or run the demo."
 EPILOG = "Run 'fastnoise COMMAND --help' for the flags of a command."
 INTERRUPTED = 130  # the shell's status for a process ended by SIGINT (128 + 2)
 

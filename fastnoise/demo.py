@@ -113,11 +113,7 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         result = fit(config)
         timings[f"train {label}"] = time.perf_counter() - t0
-        model = result.model
-        if result.best_checkpoint is not None:  # PNIL Sec. 4.4: lowest adversarial val loss
-            from fastnoise.train import load_model
-
-            model = load_model(result.best_checkpoint, next(model.parameters()).device)
+        model = result.model.eval()  # the best epoch's (PNIL Sec. 4.4: holdout in `common`)
         print(f"== evaluating {label} ==", flush=True)
         t0 = time.perf_counter()
         report = evaluate(

@@ -265,7 +265,7 @@ def help_text(argv, capsys) -> str:
 def test_train_help_lists_choices_and_units(capsys):
     text = help_text(["train"], capsys)
     for choices in (
-        "{standard,pgd-at,rfgsm,nfgsm,pni,learn2perturb,learn2perturb-r}",
+        "{standard,pgd-at,rfgsm,nfgsm,pni,learn2perturb,learn2perturb-r,gaussian}",
         "{mnist,fashion-mnist,cifar10,cifar100,embedded,embedded-fashion}",
         "{sgd,adam}",
         "{constant,multistep,cyclic,triangle}",
@@ -318,3 +318,33 @@ def test_no_progress_keeps_one_summary_line_per_epoch(tmp_path, capsys):
     assert main(["train", *TINY, "--epochs", "2", "--out", str(tmp_path / "run")]) == 0
     printed = capsys.readouterr().out
     assert re.findall(r"^epoch (\d+) \|", printed, flags=re.M) == ["1", "2"]
+
+
+# -- 6. fastnoise eval defaults to the best checkpoint of a run --------------------------
+
+
+def test_eval_of_a_run_folder_evaluates_its_best_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(out, "--epochs", "2", "--holdout", "8", "--val-pgd-steps", "1") == 0
+    assert "fastnoise eval --checkpoint" in capsys.readouterr().out  # train says how
+    code = main(["eval", "--checkpoint", str(out), "--attacks", "fgsm", "--limit", "4",
+                 "--repeats", "1", "--no-progress"])  # fmt: skip
+    assert code == 0
+    assert f"evaluating {out / 'best.pt'}" in capsys.readouterr().out
+    report = json.loads((out / "best-eval" / "report.json").read_text())
+    assert report["meta"]["checkpoint"] == str((out / "best.pt").resolve())
+
+
+def test_eval_checkpoint_resolution(tmp_path):
+    from fastnoise.eval.cli import resolve_checkpoint
+
+    (tmp_path / "last.pt").write_bytes(b"")
+    assert resolve_checkpoint(str(tmp_path))[0] == str(tmp_path / "last.pt")  # no holdout
+    assert resolve_checkpoint(str(tmp_path / "last.pt")) == (str(tmp_path / "last.pt"), None)
+    (tmp_path / "best.pt").write_bytes(b"")
+    assert resolve_checkpoint(str(tmp_path))[0] == str(tmp_path / "best.pt")
+    path, note = resolve_checkpoint(str(tmp_path / "last.pt"))  # as asked, with a note
+    assert path == str(tmp_path / "last.pt") and "best.pt" in note
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="without best.pt or last.pt"):
+        resolve_checkpoint(str(tmp_path / "empty"))

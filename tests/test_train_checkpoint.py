@@ -197,3 +197,59 @@ def test_cli_train_smoke(tmp_path, capsys):
     assert "l2p-cifar10-resnet20" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli_main(["train", "--method", "magic"])
+
+
+def test_fit_returns_the_best_epochs_model_and_says_so(tmp_path, monkeypatch):
+    """PNIL Sec. 4.4 tests the checkpoint with the lowest adversarial validation loss: with
+    a holdout, fit returns that epoch's weights (here epoch 2 of 3), not the last epoch's."""
+    from fastnoise.train import Trainer
+
+    losses = iter([0.9, 0.5, 0.7])
+
+    def fake_validate(self, method, data, dist_info):
+        return {"val_acc_clean": 0.5, "val_acc_pgd": 0.5, "val_loss_clean": 0.5,
+                "val_loss_pgd": next(losses)}  # fmt: skip
+
+    monkeypatch.setattr(Trainer, "_validate", fake_validate)
+    config = TrainConfig(
+        method="standard", dataset="embedded", epochs=3, batch_size=8, max_steps_per_epoch=2,
+        holdout=8, lr=0.05, out=str(tmp_path), progress=False, plots=False,
+    )  # fmt: skip
+    result = fit(config, data=tiny_data())
+    assert (result.model_source, result.model_epoch) == ("best", 2)
+    best, last = load_checkpoint(result.best_checkpoint), load_checkpoint(result.checkpoint)
+    assert best["epoch"] == 2 and last["epoch"] == 3
+    state = result.model.state_dict()
+    assert all(torch.equal(state[k], best["model"][k]) for k in state)
+    assert not all(torch.equal(state[k], last["model"][k]) for k in state)
+
+
+def test_fit_without_a_holdout_returns_the_last_epoch(tmp_path):
+    config = TrainConfig(
+        method="standard", dataset="embedded", epochs=2, batch_size=8, max_steps_per_epoch=1,
+        out=str(tmp_path), progress=False, plots=False,
+    )  # fmt: skip
+    result = fit(config, data=tiny_data())
+    assert (result.model_source, result.model_epoch, result.best_checkpoint) == ("last", 2, None)
+    last = load_checkpoint(result.checkpoint)["model"]
+    assert all(torch.equal(v, last[k]) for k, v in result.model.state_dict().items())
+
+
+def test_resuming_a_run_from_before_theta_update_reports_the_new_rule(tmp_path):
+    """Checkpoints written before theta_update / mixed_bn / attack_bn existed trained with
+    the joint rule, one mixed forward and attacks in train mode: a resume says it switches."""
+    from fastnoise.train.run_folder import config_changes
+
+    saved = l2p_config(tmp_path).to_dict()
+    for name in ("theta_update", "mixed_bn", "attack_bn"):
+        del saved[name]
+    changes = {c.field: (c.saved, c.requested) for c in
+               config_changes(saved, l2p_config(tmp_path), tmp_path / "last.pt")}  # fmt: skip
+    assert changes == {
+        "theta_update": ("joint", "algorithm1"),
+        "mixed_bn": (True, False),
+        "attack_bn": ("train", "reference"),
+    }
+    nfgsm = TrainConfig(method="nfgsm", dataset="embedded")
+    saved = {k: v for k, v in nfgsm.to_dict().items() if k not in ("theta_update", "attack_bn")}
+    assert config_changes(saved, nfgsm, tmp_path / "last.pt") == []  # nothing changed for it

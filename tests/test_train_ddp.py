@@ -167,6 +167,26 @@ def test_two_process_nfgsm_pnil_run(tmp_path):
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
 
+def test_two_process_learn2perturb_algorithm1_keeps_the_replicas_equal(tmp_path):
+    """Algorithm 1's theta pass runs outside DDP (only theta's gradient is wanted), so its
+    gradient is averaged by hand; a BatchNorm ResNet with the clean and adversarial batches
+    in two forwards inside one DDP call."""
+    config = dict(
+        method="learn2perturb", dataset="embedded", model="resnet20",
+        model_kwargs={"width": 0.25}, train_limit=64, epochs=1, batch_size=8,
+        max_steps_per_epoch=2, attack_steps=1, noise_off_epochs=0, device="cpu",
+        progress=False, plots=False,
+    )  # fmt: skip
+    rank0, rank1 = run_ddp_worker(config, tmp_path / "ddp")
+    init = models.build("resnet20", width=0.25, in_channels=1, input_size=28, noise="l2p")
+    for name, value in rank0["model"].items():
+        if "running_" in name or "num_batches" in name:
+            continue  # each rank's BatchNorm statistics come from its own images
+        assert torch.equal(value, rank1["model"][name]), name
+        if name.endswith("theta"):
+            assert not torch.equal(value, init.state_dict()[name]), "theta must have moved"
+
+
 def test_two_process_learn2perturb_cli_with_noise_warmup(tmp_path):
     # theta is unused while noise is off: DDP must be told, or the first epoch fails
     out = tmp_path / "l2p"

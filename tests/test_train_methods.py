@@ -9,8 +9,17 @@ import math
 import pytest
 import torch
 
+from fastnoise import models
 from fastnoise.models import small_cnn
-from fastnoise.train import PRESETS, TrainConfig, build_method, fit, harmonic_tau, learning_rate
+from fastnoise.train import (
+    PRESETS,
+    TrainConfig,
+    build_method,
+    fit,
+    harmonic_tau,
+    learning_rate,
+    model_config_for,
+)
 from fastnoise.train.noise_params import perturbation_modules, theta_parameters
 
 
@@ -61,13 +70,17 @@ def test_regularizer_only_grows_theta_and_respects_theta_min():
         method.train_step(x, y, 0)
     for before, t in zip(start, thetas, strict=True):
         assert (t.detach() > before).all(), "g(theta) = -sqrt(theta)/tau must push theta up"
-    # Eq. (8): d(gamma*g)/dtheta = -gamma / (2 tau sqrt(theta)); first SGD step is exact
-    config, model, method = l2p_setup("learn2perturb-r", theta_init=0.04, momentum=0.0)
-    method.begin_epoch(0)
-    method.train_step(x, y, 0)
-    expected = 0.04 + config.lr * config.gamma / (2 * 1.0 * math.sqrt(0.04))
-    for t in theta_parameters(model):
-        torch.testing.assert_close(t.detach(), torch.full_like(t, expected), rtol=0, atol=1e-7)
+    # Eq. (8): d(gamma*g)/dtheta = -gamma / (2 tau sqrt(theta)); Algorithm 1 steps by gamma
+    # times it, the joint rule by lr * gamma times it (first SGD step, no momentum: exact)
+    for rule, scale in (("algorithm1", 1.0), ("joint", 0.05)):
+        config, model, method = l2p_setup(
+            "learn2perturb-r", theta_init=0.04, momentum=0.0, theta_update=rule
+        )
+        method.begin_epoch(0)
+        method.train_step(x, y, 0)
+        expected = 0.04 + scale * config.gamma / (2 * 1.0 * math.sqrt(0.04))
+        for t in theta_parameters(model):
+            torch.testing.assert_close(t.detach(), torch.full_like(t, expected), rtol=0, atol=1e-7)
 
 
 def test_theta_is_projected_onto_theta_min():
@@ -149,6 +162,36 @@ def test_presets_match_the_papers():
         TrainConfig.from_preset(name)  # every preset validates
 
 
+def test_presets_for_every_row_the_papers_train():
+    # PNIL Table 1, RFGSM columns: step 1.2 eps (Sec. 4.3), otherwise as the NFGSM presets
+    for name, eps, pnil in (("mnist", 8 / 255, False), ("pnil-mnist", 8 / 255, True),
+                            ("fashion-mnist", 4 / 255, False),
+                            ("pnil-fashion-mnist", 4 / 255, True),
+                            ("cifar10-resnet11", 0.03, False),
+                            ("pnil-cifar10-resnet11", 0.03, True)):  # fmt: skip
+        c = TrainConfig.from_preset(f"rfgsm-{name}")
+        assert (c.method, c.fgsm_step_ratio, c.eps, c.pnil) == ("rfgsm", 1.2, eps, pnil)
+        assert (c.optimizer, c.batch_size, c.holdout > 0) == ("adam", 100, True)
+    # Learn2Perturb Table 1 (Vanilla, Learn2Perturb-R) and Table 2 (depths, widths)
+    l2p = TrainConfig.from_preset("l2p-cifar10-resnet20")
+    same_training = ("epochs", "batch_size", "lr", "milestones", "momentum", "weight_decay",
+                     "eps", "attack_steps", "attack_step_size")  # fmt: skip
+    for model in ("resnet20", "resnet56", "resnet_v2_18"):
+        for prefix, method in (("pgd-at", "pgd-at"), ("l2p-r", "learn2perturb-r")):
+            c = TrainConfig.from_preset(f"{prefix}-cifar10-{model}")
+            assert (c.method, c.model) == (method, model)
+            assert all(getattr(c, f) == getattr(l2p, f) for f in same_training)
+    table2 = {"resnet32": 464_154, "resnet44": 658_586, "resnet20-x1.5": 605_026,
+              "resnet20-x2": 1_073_962, "resnet20-x4": 4_286_026}  # fmt: skip
+    for row, parameters in table2.items():
+        c = TrainConfig.from_preset(f"l2p-cifar10-{row}")
+        spec = {**model_config_for(c), "noise": None}  # the table counts the network alone
+        model = models.build(spec.pop("name"), **spec)
+        assert sum(p.numel() for p in model.parameters()) == parameters, row
+    # Algorithm 1's step, two forwards and the released code's BatchNorm by default
+    assert (l2p.theta_update, l2p.mixed_bn, l2p.attack_bn_mode) == ("algorithm1", False, "frozen")
+
+
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="method"):
         TrainConfig(method="sgd-magic")
@@ -173,6 +216,8 @@ def test_config_errors_name_the_field():
         ("nfgsm", {"pnil": True, "optimizer": "adam", "lr": 1e-3, "lr_schedule": "cyclic"}),
         ("pni", {}),
         ("learn2perturb", {"noise_off_epochs": 1}),
+        ("learn2perturb", {"noise_off_epochs": 1, "theta_update": "joint", "mixed_bn": True}),
+        ("learn2perturb", {"noise_off_epochs": 1, "theta_update": "released-code"}),
     ],
 )
 def test_each_method_trains(tmp_path, method, extra):

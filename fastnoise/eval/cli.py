@@ -79,7 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "example:\n  fastnoise eval --checkpoint runs/pnil/best.pt --attacks fgsm,pgd,eot-pgd "
         "--eps 8/255 --limit 1000"
     )
-    parser.add_argument("--checkpoint", required=True, help="model checkpoint (.pt) to evaluate")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="model checkpoint (.pt) to evaluate, or a training run's folder: its best.pt "
+        "(the epoch with the lowest adversarial validation loss) if it has one, else last.pt",
+    )
     parser.add_argument(
         "--dataset",
         default=None,
@@ -223,6 +228,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--strict", action="store_true", help="exit with status 1 if any self-check fails"
     )
+
+
+def resolve_checkpoint(path: str) -> tuple[str, str | None]:
+    """The checkpoint file ``--checkpoint`` means, and a note worth printing or None.
+
+    A run folder means its best.pt when it has one (the model ``fit`` returns and the PNIL
+    paper tests), else its last.pt. A file is taken as given; a last.pt with a best.pt
+    beside it gets a note, since that is rarely the one to report."""
+    from fastnoise.train.run_folder import BEST, LAST
+
+    if os.path.isdir(path):
+        for name in (BEST, LAST):
+            if os.path.isfile(os.path.join(path, name)):
+                chosen = os.path.join(path, name)
+                return chosen, f"evaluating {chosen}"
+        raise FileNotFoundError(f"--checkpoint {path!r} is a folder without {BEST} or {LAST}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--checkpoint {path!r} is not a file")
+    beside = os.path.join(os.path.dirname(path), BEST)
+    if os.path.basename(path) == LAST and os.path.isfile(beside):
+        return path, (
+            f"evaluating {LAST}, the last epoch; {beside} holds the epoch with the lowest "
+            "adversarial validation loss (pass it, or the run folder, to evaluate that one)"
+        )
+    return path, None
 
 
 def load_model(path: str, device: torch.device) -> nn.Module:
@@ -390,8 +420,12 @@ def _run(args: argparse.Namespace, device: torch.device, main_rank: bool) -> int
     unknown = [n for n in (*args.attacks, *(args.sweep_attacks or ())) if n not in ATTACK_NAMES]
     if unknown:
         return _error(f"unknown attack(s) {unknown}; choose from {', '.join(ATTACK_NAMES)}")
-    if not os.path.isfile(args.checkpoint):
-        return _error(f"--checkpoint {args.checkpoint!r} is not a file")
+    try:
+        args.checkpoint, note = resolve_checkpoint(args.checkpoint)
+    except FileNotFoundError as err:
+        return _error(str(err))
+    if note and main_rank:
+        print(f"fastnoise eval: {note}")
     if "transfer" in args.attacks and not args.source_checkpoint:
         return _error("the transfer attack needs --source-checkpoint (the surrogate model)")
     checkpoint = _read_checkpoint(args.checkpoint)  # a bad file fails here, in one line

@@ -6,7 +6,8 @@ pnil-mnist --epochs 5``; ``torchrun --nproc_per_node=N -m fastnoise train ...`` 
 
 from fastnoise.train.checkpoint import atomic_save, load_checkpoint, load_model
 from fastnoise.train.config import METHODS, PRESETS, TrainConfig
-from fastnoise.train.methods import TrainingMethod, build_method
+from fastnoise.train.methods import TrainingMethod
+from fastnoise.train.registry import build_method
 from fastnoise.train.run_folder import OutputFolderInUseError, ResumeMismatchError
 from fastnoise.train.schedules import harmonic_tau, learning_rate, noise_enabled
 from fastnoise.train.trainer import NonFiniteLossError, Trainer, TrainResult, fit, model_config_for

@@ -18,10 +18,12 @@ from fastnoise.cli_values import parse_fraction
 from fastnoise.train.cli_help import FIELD_GROUPS, FIELD_HELP, PIXEL_FIELDS, format_default
 from fastnoise.train.config import (
     AMP_MODES,
+    ATTACK_BN_MODES,
     LR_SCHEDULES,
     METHODS,
     OPTIMIZERS,
     PRESETS,
+    THETA_UPDATES,
     TrainConfig,
 )
 
@@ -73,6 +75,8 @@ def _choices(name: str) -> list[str] | None:
         "optimizer": OPTIMIZERS,
         "lr_schedule": LR_SCHEDULES,
         "amp": AMP_MODES,
+        "theta_update": THETA_UPDATES,
+        "attack_bn": ATTACK_BN_MODES,
     }
     return list(fixed[name]) if name in fixed else None
 
@@ -204,7 +208,10 @@ def run(args: argparse.Namespace) -> int:
     if result.checkpoint is not None:
         print(f"checkpoint: {result.checkpoint}")
     if result.best_checkpoint is not None:
-        print(f"best checkpoint (lowest adversarial validation loss): {result.best_checkpoint}")
+        print(
+            f"best checkpoint (lowest adversarial validation loss, epoch {result.model_epoch}): "
+            f"{result.best_checkpoint}; fastnoise eval --checkpoint {result.out_dir} uses it"
+        )
     if result.stopped_early and result.metrics and result.metrics[-1].get("converged"):
         print(
             f"stopped early: no lower validation PGD loss for {config.patience} epochs "

@@ -16,7 +16,8 @@ __all__ = ["FIELD_GROUPS", "FIELD_HELP", "PIXEL_FIELDS", "format_default"]
 FIELD_GROUPS: dict[str, dict[str, str]] = {
     "method and data": {
         "method": "training method: standard (no defense), pgd-at (PGD adversarial training), "
-        "rfgsm (FGSM from a random start), nfgsm (noisy FGSM, PNIL paper), pni (parametric "
+        "rfgsm (FGSM from a random start), gaussian (Gaussian noise augmentation for "
+        "randomized smoothing, see --sigma), nfgsm (noisy FGSM, PNIL paper), pni (parametric "
         "noise injection), learn2perturb, learn2perturb-r (theta follows the regularizer only)",
         "dataset": "data set; embedded (MNIST) and embedded-fashion ship with fastnoise "
         "(5000 training images each) and need neither files nor internet",
@@ -62,12 +63,27 @@ FIELD_GROUPS: dict[str, dict[str, str]] = {
         "(pni, learn2perturb), between 0 and 1",
         "fgsm_step_ratio": "rfgsm: FGSM step as a multiple of --eps",
         "train_eot": "nfgsm: noise draws averaged per gradient (L in PNIL Algorithm 1)",
+        "sigma": "gaussian: std of the Gaussian noise added to every training image, in pixel "
+        "units (Cohen et al. 2019); certify with the same value (fastnoise certify --sigma)",
+        "mixed_bn": "pni, learn2perturb: one forward over the clean and adversarial images "
+        "together, so BatchNorm normalizes the mixed batch (off: two forwards, as the released "
+        "PNI and Learn2Perturb code runs them)",
+        "attack_bn": "BatchNorm while the training attack runs: train (batch statistics, "
+        "running statistics updated at every attack step), frozen (running statistics, "
+        "nothing updated) or reference (what the method's released code does: frozen for "
+        "learn2perturb, learn2perturb-r and pni, train for the others)",
     },
     "noise parameters (learn2perturb, pni)": {
         "gamma": "weight of the Learn2Perturb regularizer on theta (Eq. 7)",
         "noise_off_epochs": "learn2perturb: first epochs trained with the noise off",
         "noise_lr": "learning rate of theta (none: the same as --lr)",
         "noise_weight_decay": "L2 weight decay of theta",
+        "theta_update": "learn2perturb's theta step: algorithm1 (Algorithm 1: theta -= lr * "
+        "grad L + gamma * grad g, a plain step at the W just updated, one more forward and "
+        "backward per batch), joint (SGD with momentum on lr * (grad L + gamma * grad g) at "
+        "the old W, what earlier fastnoise versions did) or released-code (the released "
+        "code's order: a regularizer step, then W and theta stepped on grad L, both with "
+        "momentum)",
     },
     "validation on the held-out images": {
         "val_pgd_steps": "PGD steps of the validation attack",

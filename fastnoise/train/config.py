@@ -21,10 +21,20 @@ METHODS: dict[str, str | None] = {
     "pni": "pni",
     "learn2perturb": "l2p",
     "learn2perturb-r": "l2p",
+    "gaussian": None,
 }
 LR_SCHEDULES = ("constant", "multistep", "cyclic", "triangle")
 OPTIMIZERS = ("sgd", "adam")
 AMP_MODES = ("off", "bf16", "fp16")
+# Learn2Perturb's theta step: Algorithm 1 as printed, our pre-issue-13 joint step, or the
+# released code's order (see Learn2Perturb in methods.py)
+THETA_UPDATES = ("algorithm1", "joint", "released-code")
+# BatchNorm while training attacks run: "reference" picks the method's released code's mode
+ATTACK_BN_MODES = ("reference", "train", "frozen")
+# The released Learn2Perturb and PNI code put the model in eval mode for PGD
+# (Learn2Perturb attacks/pgd.py; PNI attack_model.py); Wong et al.'s FGSM/PGD training code
+# keeps it in train mode. Methods not listed run their attacks in train mode.
+REFERENCE_ATTACK_BN = {"pni": "frozen", "learn2perturb": "frozen", "learn2perturb-r": "frozen"}
 
 
 @dataclass
@@ -65,6 +75,9 @@ class TrainConfig:
     clean_weight: float = 0.5  # Learn2Perturb Eq. (11) alpha; beta = 1 - alpha
     fgsm_step_ratio: float = 1.25  # rfgsm: FGSM step = ratio * eps (Wong et al. 2020)
     train_eot: int = 1  # nfgsm: Monte Carlo samples L in PNIL Algorithm 1
+    sigma: float = 0.25  # gaussian: std of the input noise, pixel units (Cohen et al. 2019)
+    mixed_bn: bool = False  # one forward over cat([clean, adversarial]) instead of two
+    attack_bn: str = "reference"  # BatchNorm during training attacks: train, frozen
     # noise parameters (Learn2Perturb, PNI)
     theta_init: float = 0.25
     theta_min: float = 0.01
@@ -72,6 +85,7 @@ class TrainConfig:
     noise_off_epochs: int = 20  # Learn2Perturb only: noise disabled for the first epochs
     noise_lr: float | None = None  # None: same lr as the weights (Algorithm 1)
     noise_weight_decay: float = 0.0
+    theta_update: str = "algorithm1"  # Learn2Perturb: see THETA_UPDATES
     # validation on the held-out images (PNIL: keep lowest adversarial val loss; RFGSM:
     # catastrophic-overfitting stop)
     val_pgd_steps: int = 10
@@ -99,6 +113,8 @@ class TrainConfig:
             "lr_schedule": LR_SCHEDULES,
             "optimizer": OPTIMIZERS,
             "amp": AMP_MODES,
+            "theta_update": THETA_UPDATES,
+            "attack_bn": ATTACK_BN_MODES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -111,6 +127,8 @@ class TrainConfig:
         for name in ("lr", "eps", "gamma", "theta_min", "weight_decay", "attack_step_size"):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not float(self.sigma) > 0:  # also refuses NaN
+            raise ValueError(f"sigma must be > 0 (pixel units), got {self.sigma}")
         if not 0.0 <= self.clean_weight <= 1.0:
             raise ValueError(f"clean_weight must be in [0, 1], got {self.clean_weight}")
         if self.theta_init < self.theta_min:
@@ -135,6 +153,13 @@ class TrainConfig:
     @property
     def noise_kind(self) -> str | None:
         return METHODS[self.method]
+
+    @property
+    def attack_bn_mode(self) -> str:
+        """``attack_bn`` with "reference" resolved to the method's released code's mode."""
+        if self.attack_bn != "reference":
+            return self.attack_bn
+        return REFERENCE_ATTACK_BN.get(self.method, "train")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain containers only, so it can sit in a weights_only checkpoint."""
@@ -165,7 +190,9 @@ class TrainConfig:
 
 # Learn2Perturb supplement A.4: SGD Nesterov 0.9, wd 1e-4 on W and 0 on theta, batch 128,
 # 350 epochs, lr 0.1 -> 0.01 (epoch 150) -> 0.001 (epoch 250), gamma 1e-4; Sec. 4: PGD-7
-# adversarial training, eps 8/255, step 0.01, Eq. (11) with alpha = beta = 0.5.
+# adversarial training, eps 8/255, step 0.01, Eq. (11) with alpha = beta = 0.5; Sec. 3.3:
+# noise off for the first 20 epochs. Not in the paper: theta_init = 0.25 and
+# theta_min = 0.01 come from the released code (sigma maps of ones * 0.25, clamp at 0.01).
 _L2P_CIFAR10 = dict(
     method="learn2perturb",
     dataset="cifar10",
@@ -223,10 +250,62 @@ _NFGSM_SMALL = dict(
     val_pgd_steps=10,
 )
 
+# Learn2Perturb Table 1, "Vanilla [24]" columns: Madry's PGD training, Eq. (10) (adversarial
+# loss only), with the same optimizer setup as Learn2Perturb (A.4) and the same PGD-7.
+_NOISE_ONLY = ("clean_weight", "gamma", "theta_init", "theta_min", "noise_off_epochs",
+               "noise_weight_decay")  # fmt: skip
+_PGD_AT_CIFAR10 = {k: v for k, v in _L2P_CIFAR10.items() if k not in _NOISE_ONLY}
+_PGD_AT_CIFAR10["method"] = "pgd-at"
+# PNIL paper Table 1, "RFGSM Training" columns: as NFGSM (Sec. 4.4) but FGSM from a random
+# start with a 1.2 * eps step (Sec. 4.3, "as recommended by the authors"). The lr bounds
+# and epoch count are ours, as for NFGSM; the catastrophic-overfitting stop (Wong et al.)
+# stays on (overfit_drop 0.2): the paper names it, but not its threshold.
+_RFGSM_SMALL = dict(_NFGSM_SMALL, method="rfgsm", fgsm_step_ratio=1.2)
+
+# Cohen et al. 2019, Gaussian data augmentation: locuslab/smoothing train.py's defaults
+# (90 epochs, batch 256, SGD lr 0.1 momentum 0.9, wd 1e-4, lr / 10 every 30 epochs), CIFAR
+# crop and flip, sigma 0.25 (they also train 0.12, 0.5, 1.0). Their CIFAR-10 model is
+# ResNet-110; resnet56 is the deepest here. The MNIST and Fashion-MNIST presets (not in the
+# paper) keep the optimizer with 30 epochs, lr / 10 at 10 and 20.
+_GAUSSIAN = dict(
+    method="gaussian",
+    sigma=0.25,
+    epochs=90,
+    batch_size=256,
+    optimizer="sgd",
+    lr=0.1,
+    momentum=0.9,
+    nesterov=False,
+    weight_decay=1e-4,
+    lr_schedule="multistep",
+    milestones=(30, 60),
+    lr_gamma=0.1,
+)
+_GAUSSIAN_SMALL = dict(_GAUSSIAN, model="small_cnn", epochs=30, milestones=(10, 20))
+
 PRESETS: dict[str, dict[str, Any]] = {
+    # Learn2Perturb Table 1 and Table 2, "Learn2Perturb" columns, one preset per row
     "l2p-cifar10-resnet20": dict(_L2P_CIFAR10, model="resnet20"),
+    "l2p-cifar10-resnet32": dict(_L2P_CIFAR10, model="resnet32"),  # Table 2 only
+    "l2p-cifar10-resnet44": dict(_L2P_CIFAR10, model="resnet44"),  # Table 2 only
     "l2p-cifar10-resnet56": dict(_L2P_CIFAR10, model="resnet56"),
     "l2p-cifar10-resnet_v2_18": dict(_L2P_CIFAR10, model="resnet_v2_18"),
+    # Table 2, ResNet-V1(20)[1.5x], [2x], [4x]: every layer's channels times the factor
+    # (supplement: "increasing the number of input/output channels"); 605,026, 1,073,962
+    # and 4,286,026 parameters, as the table counts them
+    "l2p-cifar10-resnet20-x1.5": dict(_L2P_CIFAR10, model="resnet20", model_kwargs={"width": 1.5}),
+    "l2p-cifar10-resnet20-x2": dict(_L2P_CIFAR10, model="resnet20", model_kwargs={"width": 2.0}),
+    "l2p-cifar10-resnet20-x4": dict(_L2P_CIFAR10, model="resnet20", model_kwargs={"width": 4.0}),
+    # Table 1, "Learn2Perturb-R" columns (Sec. 4.3: theta updated by g(theta) alone)
+    "l2p-r-cifar10-resnet20": dict(_L2P_CIFAR10, method="learn2perturb-r", model="resnet20"),
+    "l2p-r-cifar10-resnet56": dict(_L2P_CIFAR10, method="learn2perturb-r", model="resnet56"),
+    "l2p-r-cifar10-resnet_v2_18": dict(
+        _L2P_CIFAR10, method="learn2perturb-r", model="resnet_v2_18"
+    ),
+    # Table 1, "Vanilla" columns
+    "pgd-at-cifar10-resnet20": dict(_PGD_AT_CIFAR10, model="resnet20"),
+    "pgd-at-cifar10-resnet56": dict(_PGD_AT_CIFAR10, model="resnet56"),
+    "pgd-at-cifar10-resnet_v2_18": dict(_PGD_AT_CIFAR10, model="resnet_v2_18"),
     "pni-cifar10-resnet20": dict(_PNI_CIFAR10, model="resnet20"),
     "nfgsm-mnist": dict(_NFGSM_SMALL, dataset="mnist", eps=8 / 255),
     "pnil-mnist": dict(_NFGSM_SMALL, dataset="mnist", eps=8 / 255, pnil=True),
@@ -236,4 +315,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     "pnil-cifar10-resnet11": dict(
         _NFGSM_SMALL, dataset="cifar10", model="resnet11", eps=0.03, pnil=True
     ),
+    # PNIL paper Table 1, "RFGSM Training": Baseline and + PNIL rows of each data set
+    "rfgsm-mnist": dict(_RFGSM_SMALL, dataset="mnist", eps=8 / 255),
+    "rfgsm-pnil-mnist": dict(_RFGSM_SMALL, dataset="mnist", eps=8 / 255, pnil=True),
+    "rfgsm-fashion-mnist": dict(_RFGSM_SMALL, dataset="fashion-mnist", eps=4 / 255),
+    "rfgsm-pnil-fashion-mnist": dict(_RFGSM_SMALL, dataset="fashion-mnist", eps=4 / 255, pnil=True),
+    "rfgsm-cifar10-resnet11": dict(_RFGSM_SMALL, dataset="cifar10", model="resnet11", eps=0.03),
+    "rfgsm-pnil-cifar10-resnet11": dict(
+        _RFGSM_SMALL, dataset="cifar10", model="resnet11", eps=0.03, pnil=True
+    ),
+    # Cohen et al. 2019: Gaussian data augmentation for randomized smoothing (issue 14)
+    "gaussian-mnist": dict(_GAUSSIAN_SMALL, dataset="mnist"),
+    "gaussian-fashion-mnist": dict(_GAUSSIAN_SMALL, dataset="fashion-mnist"),
+    "gaussian-cifar10": dict(_GAUSSIAN, dataset="cifar10", model="resnet56", augment=True),
 }

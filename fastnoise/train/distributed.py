@@ -13,7 +13,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "setup", "cleanup", "all_reduce_sum", "all_gather_objects", "barrier"]
+__all__ = [
+    "DistInfo",
+    "setup",
+    "cleanup",
+    "all_reduce_sum",
+    "all_gather_objects",
+    "average_across_ranks",
+    "barrier",
+]
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,18 @@ def all_reduce_sum(values: dict[str, torch.Tensor], info: DistInfo) -> dict[str,
     flat = torch.stack([values[k].detach().double().reshape(()) for k in keys])
     dist.all_reduce(flat)
     return dict(zip(keys, flat.unbind(), strict=True))
+
+
+def average_across_ranks(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The mean of each tensor over the ranks, as DDP averages the gradients it sees; for
+    gradients taken outside DDP (Learn2Perturb's theta pass). One process: unchanged."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensors
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    parts = flat.split([t.numel() for t in tensors])
+    return [part.view_as(t) for part, t in zip(parts, tensors, strict=True)]
 
 
 def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:

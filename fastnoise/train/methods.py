@@ -14,7 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastnoise.train import adversarial as adv
+from fastnoise.train.batchnorm import batchnorm_stats_kept, frozen_batchnorm
 from fastnoise.train.config import TrainConfig
+from fastnoise.train.distributed import average_across_ranks
+from fastnoise.train.forwards import TrainForward
 from fastnoise.train.noise_params import (
     perturbation_modules,
     pni_parameters,
@@ -24,7 +27,7 @@ from fastnoise.train.noise_params import (
 )
 from fastnoise.train.schedules import harmonic_tau, learning_rate, noise_enabled
 
-__all__ = ["TrainingMethod", "build_method"]
+__all__ = ["TrainingMethod"]
 
 
 def _make_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
@@ -52,8 +55,10 @@ class TrainingMethod:
     ):
         self.config = config
         self.model = model  # unwrapped: attacks and no-grad forwards use it
-        # DDP / compiled wrapper for training (modules can be falsy: compare with None)
-        self.train_forward = model if train_forward is None else train_forward
+        # TrainForward(model), maybe inside DDP / torch.compile: model(x) for one batch,
+        # a tuple of logits for several (modules can be falsy: compare with None)
+        self.local_forward = TrainForward(model, concatenate=config.mixed_bn)
+        self.train_forward = self.local_forward if train_forward is None else train_forward
         self.autocast = autocast
         self.scaler = scaler
         self.optimizers: dict[str, torch.optim.Optimizer] = self._build_optimizers()
@@ -87,9 +92,9 @@ class TrainingMethod:
         return {}
 
     # -- precision helpers ------------------------------------------------------------
-    def _forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, model: nn.Module, *inputs: torch.Tensor):
         with self.autocast():
-            return model(x)
+            return model(*inputs)
 
     def _backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
@@ -122,6 +127,12 @@ class TrainingMethod:
     def _attack_forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return self._forward(model, x)
 
+    def _attack_batchnorm(self) -> contextlib.AbstractContextManager:
+        """BatchNorm's mode while a training attack runs (``attack_bn``)."""
+        if self.config.attack_bn_mode == "frozen":
+            return frozen_batchnorm(self.model)
+        return contextlib.nullcontext()
+
     # -- the batch --------------------------------------------------------------------
     def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
         raise NotImplementedError  # each method below defines its batch
@@ -153,7 +164,8 @@ class _AdversarialOnly(TrainingMethod):
         raise NotImplementedError  # pgd-at, rfgsm and nfgsm each define theirs
 
     def train_step(self, x, y, epoch):
-        x_adv = self._examples(x, y)
+        with self._attack_batchnorm():
+            x_adv = self._examples(x, y)
         self._zero_grad()
         logits = self._forward(self.train_forward, x_adv).float()
         loss = F.cross_entropy(logits, y)
@@ -205,14 +217,20 @@ class NFGSM(_AdversarialOnly):
 class _MixedLoss(TrainingMethod):
     """Learn2Perturb Eq. (11) / PNI: alpha * L(clean) + (1 - alpha) * L(PGD examples)."""
 
-    def _mixed_loss(self, x, y):
+    def _adversarial_examples(self, x, y):
         c = self.config
-        x_adv = adv.pgd_examples(
-            self.model, x, y, c.eps, c.attack_step_size, c.attack_steps, self._attack_forward
-        )
-        # one forward over both halves: a DDP model takes exactly one forward per backward
-        logits = self._forward(self.train_forward, torch.cat([x, x_adv])).float()
-        clean_logits, adv_logits = logits.split(y.numel())
+        with self._attack_batchnorm():
+            return adv.pgd_examples(
+                self.model, x, y, c.eps, c.attack_step_size, c.attack_steps, self._attack_forward
+            )
+
+    def _mixed_loss(self, x, x_adv, y, forward: nn.Module | None = None):
+        """The Eq. (11) loss from one call of ``forward`` (default: the training module, so
+        a DDP model takes exactly one forward per backward) over both batches."""
+        c = self.config
+        forward = self.train_forward if forward is None else forward
+        clean_logits, adv_logits = self._forward(forward, x, x_adv)
+        clean_logits, adv_logits = clean_logits.float(), adv_logits.float()
         clean_loss = F.cross_entropy(clean_logits, y)
         adv_loss = F.cross_entropy(adv_logits, y)
         loss = c.clean_weight * clean_loss + (1.0 - c.clean_weight) * adv_loss
@@ -241,8 +259,9 @@ class PNI(_MixedLoss):
         return {"weights": _make_optimizer(self.config, groups)}
 
     def train_step(self, x, y, epoch):  # noise on from the start (no warm-up in PNI)
+        x_adv = self._adversarial_examples(x, y)
         self._zero_grad()
-        loss, stats = self._mixed_loss(x, y)
+        loss, stats = self._mixed_loss(x, x_adv, y)
         self._backward(loss)
         self._step(self.optimizers["weights"])
         self._finish()
@@ -252,9 +271,20 @@ class PNI(_MixedLoss):
 class Learn2Perturb(_MixedLoss):
     """Learn2Perturb Algorithm 1: alternating updates of W and theta, per batch.
 
-    Both gradients are taken at (W^{t-1}, theta^{t-1}) as Algorithm 1 prints them, so one
-    forward/backward serves both halves: first W steps (theta untouched), then theta steps
-    with W untouched, using grad L + gamma * grad g (Eq. 7-8), then theta >= theta_min.
+    ``theta_update`` picks the theta step (L = the Eq. (11) loss, g = Eq. (8)):
+
+    - ``algorithm1``: first W <- W - lr * grad_W L, then, with W fixed at the new value
+      (the text: theta is trained "while W is fixed"), a plain step
+      theta <- theta - lr * grad_theta L - gamma * grad_theta g, as Algorithm 1 prints it
+      (gamma not scaled by the lr, no momentum). grad L comes from a second forward and
+      backward on the same clean and adversarial batch; grad g is taken at the old theta.
+    - ``joint``: both halves use the gradient of one forward at the old (W, theta), theta
+      stepped by SGD with Nesterov momentum on lr * (grad L + gamma * grad g).
+    - ``released-code``: the order of the released train.py: a theta step on gamma * g
+      alone, then one forward at (W, new theta) whose grad L steps W and theta together,
+      both theta steps through the same Nesterov-momentum SGD.
+
+    Every rule ends with the projection theta >= theta_min. Learn2Perturb-R drops grad L.
     """
 
     regularizer_only = False  # learn2perturb-r: theta follows gamma * g alone
@@ -267,18 +297,21 @@ class Learn2Perturb(_MixedLoss):
                 "modules (build it with noise='l2p')"
             )
         self.tau = 1.0
+        self.noise_on = True
+        self._batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def _noise_params(self):
         return theta_parameters(self.model)
 
     def _build_optimizers(self):
         opts = super()._build_optimizers()  # W: weight decay 1e-4 (A.4)
-        lr = self.config.noise_lr if self.config.noise_lr is not None else self.config.lr
-        opts["theta"] = torch.optim.SGD(  # theta: weight decay 0 (A.4), its own momentum
-            [{"params": self._noise_params(), "weight_decay": self.config.noise_weight_decay}],
-            lr=lr,
-            momentum=self.config.momentum,
-            nesterov=_nesterov(self.config),
+        c = self.config
+        plain = c.theta_update == "algorithm1"  # Algorithm 1's step has no momentum
+        opts["theta"] = torch.optim.SGD(  # theta: weight decay 0 (A.4)
+            [{"params": self._noise_params(), "weight_decay": c.noise_weight_decay}],
+            lr=c.noise_lr if c.noise_lr is not None else c.lr,
+            momentum=0.0 if plain else c.momentum,
+            nesterov=False if plain else _nesterov(c),
         )
         return opts
 
@@ -289,63 +322,117 @@ class Learn2Perturb(_MixedLoss):
             self.tau = harmonic_tau(epoch, self.config.noise_off_epochs)  # Eq. (9)
         return {"tau": self.tau if self.noise_on else None, "noise_on": self.noise_on}
 
+    def _regularizer_gradients(self) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """gamma * g(theta) (Eq. 7-8) and its gradient, at the current theta."""
+        thetas = self._noise_params()
+        with torch.enable_grad():
+            reg = self.config.gamma * regularizer_g(thetas, self.tau)
+            grads = torch.autograd.grad(reg, thetas)
+        return reg.detach(), tuple(g.to(t.dtype) for g, t in zip(grads, thetas, strict=True))
+
+    def _clamp(self) -> None:
+        for _, m in perturbation_modules(self.model):
+            m.clamp_()  # values below theta_min are projected to theta_min
+
     def weights_half(self, x, y) -> dict[str, torch.Tensor]:
         """Algorithm 1, first half: W <- W - lr * grad_W L, theta fixed."""
+        x_adv = self._adversarial_examples(x, y)
+        self._batch = (x, x_adv, y)  # the theta half of algorithm1 reuses it
         self._zero_grad()
-        loss, stats = self._mixed_loss(x, y)
+        loss, stats = self._mixed_loss(x, x_adv, y)
         self._backward(loss)
         self._step(self.optimizers["weights"])
         return stats
 
     def noise_half(self) -> torch.Tensor:
-        """Algorithm 1, second half: theta <- theta - lr * (grad L + gamma * grad g), with W
-        fixed, then projection onto theta >= theta_min. Uses the grad L left by the first
-        half. Returns gamma * g(theta) for the log."""
+        """Algorithm 1, second half, with W fixed; returns gamma * g(theta) for the log."""
         opt = self.optimizers["theta"]
         thetas = self._noise_params()
+        batch, self._batch = self._batch, None
         if not self.noise_on:  # noise off: L does not depend on theta, tau is undefined
             opt.zero_grad(set_to_none=True)
             return torch.zeros((), device=thetas[0].device)
+        if self.config.theta_update == "joint":
+            return self._joint_theta_step(opt, thetas)
+        return self._algorithm1_theta_step(opt, thetas, batch)
+
+    def _joint_theta_step(self, opt, thetas) -> torch.Tensor:
+        """theta -= lr * (grad L + gamma * grad g) through SGD (momentum), grad L left by
+        the W half's backward at the old W."""
         if self.scaler is not None:
             self.scaler.unscale_(opt)  # the regularizer's gradient is added unscaled
         if self.regularizer_only:
             for t in thetas:
                 t.grad = None
-        with torch.enable_grad():
-            reg = self.config.gamma * regularizer_g(thetas, self.tau)  # gamma * Eq. (8)
-            grads = torch.autograd.grad(reg, thetas)
-        for t, g in zip(thetas, grads, strict=True):
-            t.grad = g.to(t.dtype) if t.grad is None else t.grad + g.to(t.dtype)
+        reg, reg_grads = self._regularizer_gradients()
+        for t, g in zip(thetas, reg_grads, strict=True):
+            t.grad = g if t.grad is None else t.grad + g
         if self.scaler is not None and self.regularizer_only:
             opt.step()  # nothing was scaled, nothing can overflow
         else:
             self._step(opt)
-        for _, m in perturbation_modules(self.model):
-            m.clamp_()  # values below theta_min are projected to theta_min
-        return reg.detach()
+        self._clamp()
+        return reg
+
+    def _algorithm1_theta_step(self, opt, thetas, batch) -> torch.Tensor:
+        """Algorithm 1: theta <- theta - lr * grad L(W_new, theta) - gamma * grad g(theta)."""
+        opt.zero_grad(set_to_none=True)
+        reg, reg_grads = self._regularizer_gradients()  # at theta_{t-1}
+        if not self.regularizer_only:
+            x, x_adv, y = batch
+            # the unwrapped model: only theta's gradient is wanted (a DDP module would wait
+            # for all of W's), averaged over the ranks by hand; the W half has already
+            # counted this batch in BatchNorm's running statistics
+            with batchnorm_stats_kept(self.model), torch.enable_grad():
+                loss, _ = self._mixed_loss(x, x_adv, y, forward=self.local_forward)
+                scaled = self.scaler.scale(loss) if self.scaler is not None else loss
+                grads = torch.autograd.grad(scaled, thetas, allow_unused=True)
+            grads = [
+                torch.zeros_like(t) if g is None else g for g, t in zip(grads, thetas, strict=True)
+            ]
+            for t, g in zip(thetas, average_across_ranks(grads), strict=True):
+                t.grad = g.to(t.dtype)
+            self._step(opt)  # lr * grad L (a scaled gradient is unscaled first)
+        with torch.no_grad():
+            for t, g in zip(thetas, reg_grads, strict=True):
+                t.sub_(g)  # gamma * grad g: Algorithm 1 does not multiply it by the lr
+        self._clamp()
+        return reg
+
+    def _released_code_step(self, x, y) -> dict[str, torch.Tensor]:
+        """The released train.py: a theta step on gamma * g alone, then W and theta both
+        stepped on grad L of one forward at (W, that theta), then the clamp."""
+        opt = self.optimizers["theta"]
+        thetas = self._noise_params()
+        reg = torch.zeros((), device=thetas[0].device)
+        if self.noise_on:
+            opt.zero_grad(set_to_none=True)
+            reg, reg_grads = self._regularizer_gradients()
+            for t, g in zip(thetas, reg_grads, strict=True):
+                t.grad = g
+            opt.step()  # unscaled: nothing to unscale, nothing can overflow
+        x_adv = self._adversarial_examples(x, y)
+        self._zero_grad()
+        loss, stats = self._mixed_loss(x, x_adv, y)
+        self._backward(loss)
+        self._step(self.optimizers["weights"])
+        if self.noise_on and not self.regularizer_only:
+            self._step(opt)  # the same momentum buffer as the regularizer step
+        else:
+            opt.zero_grad(set_to_none=True)
+        self._clamp()
+        stats["reg"] = reg
+        return stats
 
     def train_step(self, x, y, epoch):
-        stats = self.weights_half(x, y)
-        stats["reg"] = self.noise_half()
+        if self.config.theta_update == "released-code":
+            stats = self._released_code_step(x, y)
+        else:
+            stats = self.weights_half(x, y)
+            stats["reg"] = self.noise_half()
         self._finish()
         return stats
 
 
 class Learn2PerturbR(Learn2Perturb):
     regularizer_only = True
-
-
-_METHODS: dict[str, type[TrainingMethod]] = {
-    "standard": Standard,
-    "pgd-at": PGDAT,
-    "rfgsm": RFGSM,
-    "nfgsm": NFGSM,
-    "pni": PNI,
-    "learn2perturb": Learn2Perturb,
-    "learn2perturb-r": Learn2PerturbR,
-}
-
-
-def build_method(config: TrainConfig, model: nn.Module, **kwargs) -> TrainingMethod:
-    """The training method ``config.method`` for ``model`` (unwrapped)."""
-    return _METHODS[config.method](config, model, **kwargs)

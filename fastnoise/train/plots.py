@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["plot_theta_evolution", "plot_pnil_variance"]
+__all__ = ["plot_theta_evolution", "plot_theta_comparison", "plot_pnil_variance"]
 
 
 def _pyplot():
@@ -44,6 +44,44 @@ def plot_theta_evolution(metrics: list[dict[str, Any]], path: str | os.PathLike)
     ax.set_title("Learned noise per layer")
     if len(layers) <= 12:
         ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_theta_comparison(
+    runs: dict[str, list[dict[str, Any]]],
+    path: str | os.PathLike,
+    lr_drops: tuple[int, ...] = (),
+    title: str = "Learned noise: theta update rules",
+) -> Path:
+    """Learn2Perturb Fig. 4 for several runs on one axis (e.g. one per ``theta_update``):
+    mean theta per layer against the epoch, one colour per run, one line style per layer;
+    a dashed vertical after each of ``lr_drops`` epochs (the multistep milestones)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    colours = plt.get_cmap("tab10")
+    styles = ("-", "--", ":", "-.")
+    for i, (label, metrics) in enumerate(runs.items()):
+        layers = sorted({name for m in metrics for name in (m.get("theta_mean") or {})})
+        if not layers:
+            raise ValueError(f"run {label!r} has no theta_mean entries")
+        for j, layer in enumerate(layers):
+            points = [
+                (m["epoch"], m["theta_mean"][layer]) for m in metrics if layer in m["theta_mean"]
+            ]
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, color=colours(i), linestyle=styles[j % len(styles)], marker=".",
+                    label=f"{label}: {layer}")  # fmt: skip
+    for epoch in lr_drops:
+        ax.axvline(epoch + 0.5, color="0.6", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("epoch (dashed: lr x 0.1 after it)" if lr_drops else "epoch")
+    ax.set_ylabel("mean theta (noise std)")
+    ax.set_title(title)
+    ax.legend(fontsize=6)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,15 @@ RUNTIME_FIELDS = (
 # Every other field (epochs, lr, schedule, attack steps, ...) may change on resume: the new
 # value applies from the resumed epoch on, is printed, and is recorded in the checkpoint.
 
+# Fields added after checkpoints were written, with what the code did before them and the
+# methods that behave differently now: resuming such a run reports the switch to today's
+# default instead of making it silently.
+_BEFORE_THE_FIELD = {
+    "theta_update": ("joint", ("learn2perturb", "learn2perturb-r")),
+    "mixed_bn": (True, ("pni", "learn2perturb", "learn2perturb-r")),
+    "attack_bn": ("train", ("pni", "learn2perturb", "learn2perturb-r", "pgd-at", "rfgsm", "nfgsm")),
+}
+
 
 class OutputFolderInUseError(FileExistsError):
     """``out`` already holds a run and neither ``resume`` nor ``overwrite`` was asked for."""
@@ -144,6 +153,7 @@ def config_changes(saved: dict[str, Any], config: TrainConfig, checkpoint: Path)
     """The tunable fields that differ between ``saved`` (a checkpoint's config) and
     ``config``; raise :class:`ResumeMismatchError` if an identity field differs."""
     requested = config.to_dict()
+    saved = {**_behaviour_before_new_fields(saved, config), **saved}
     mismatches, changes = [], []
     for f in fields(TrainConfig):
         if f.name in RUNTIME_FIELDS or f.name not in saved:  # older checkpoints lack new fields
@@ -156,6 +166,17 @@ def config_changes(saved: dict[str, Any], config: TrainConfig, checkpoint: Path)
     if mismatches:
         raise ResumeMismatchError(checkpoint, mismatches)
     return changes
+
+
+def _behaviour_before_new_fields(saved: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
+    """What an older checkpoint's run did for the fields it lacks, where it matters."""
+    before = {}
+    for name, (value, methods) in _BEFORE_THE_FIELD.items():
+        if name not in saved and config.method in methods:
+            before[name] = value
+    if before.get("attack_bn") == config.attack_bn_mode:
+        del before["attack_bn"]  # "reference" resolves to what the old code did
+    return before
 
 
 def _same(name: str, old: Any, new: Any) -> bool:

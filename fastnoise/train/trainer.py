@@ -2,7 +2,8 @@
 
 ``Trainer(config).fit()`` (or ``fit(config)``) trains, writes ``last.pt`` every epoch
 (atomically), ``best.pt`` when a held-out set picks one, ``metrics.jsonl`` and plots to
-``config.out``, and returns a :class:`TrainResult`. It seeds torch, numpy and ``random``
+``config.out``, and returns a :class:`TrainResult` holding the best epoch's model when
+there is a held-out set, else the last epoch's. It seeds torch, numpy and ``random``
 globally from ``config.seed`` (rank r's noise stream from ``seed + r * 1000003``).
 """
 
@@ -37,8 +38,10 @@ from fastnoise.train.checkpoint import (
     restore_rng_state,
 )
 from fastnoise.train.config import TrainConfig
-from fastnoise.train.methods import TrainingMethod, build_method
+from fastnoise.train.forwards import TrainForward
+from fastnoise.train.methods import TrainingMethod
 from fastnoise.train.noise_params import pnil_layer, theta_means
+from fastnoise.train.registry import build_method
 from fastnoise.train.run_folder import (
     BEST,
     LAST,
@@ -59,6 +62,12 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class TrainResult:
+    """What a run produced. ``model`` is the model to test: with a holdout, the epoch with
+    the lowest adversarial validation loss (PNIL Sec. 4.4; the weights of ``best_checkpoint``),
+    else the last epoch (``checkpoint``, last.pt). ``model_source`` says which ("best" or
+    "last") and ``model_epoch`` which epoch; ``load_model(result.checkpoint)`` gives the
+    last epoch's weights either way."""
+
     model: nn.Module
     metrics: list[dict[str, Any]]
     out_dir: Path
@@ -66,6 +75,8 @@ class TrainResult:
     best_checkpoint: Path | None = None
     stopped_early: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    model_source: str = "last"
+    model_epoch: int | None = None
 
 
 def model_config_for(config: TrainConfig) -> dict[str, Any]:
@@ -261,13 +272,14 @@ class Trainer:
         rank_probe = D.all_gather_objects(rng.draw_seed(generator=probe), dist_info)
         self._rank_probe = rank_probe
 
-        train_forward: nn.Module = model
+        # clean and adversarial batches in one call of the module DDP wraps (forwards.py)
+        train_forward: nn.Module = TrainForward(model, concatenate=c.mixed_bn)
         if dist_info.enabled:
             ids = [device.index] if device.type == "cuda" else None
             # noise parameters sit unused while noise is off (Learn2Perturb warm-up)
             unused = c.noise_kind == "l2p" and c.noise_off_epochs > 0
             train_forward = nn.parallel.DistributedDataParallel(
-                model, device_ids=ids, find_unused_parameters=unused
+                train_forward, device_ids=ids, find_unused_parameters=unused
             )
         if c.compile:
             train_forward = torch.compile(train_forward)
@@ -369,8 +381,11 @@ class Trainer:
             D.barrier(dist_info)
 
         best_path = self.out_dir / BEST
-        if stopped and best is not None:  # overfitting or converged (patience): keep the best
-            model.load_state_dict(load_checkpoint(best_path, map_location=device)["model"])
+        model_source, model_epoch = "last", (metrics[-1]["epoch"] if metrics else None)
+        if best is not None and best_path.is_file():  # a holdout picked the model to test
+            if best["epoch"] != model_epoch:
+                model.load_state_dict(load_checkpoint(best_path, map_location=device)["model"])
+            model_source, model_epoch = "best", best["epoch"]
         if dist_info.is_main and c.plots:
             self._plots(metrics, model, held if held is not None else (X[:8], Y[:8]))
         return TrainResult(
@@ -381,6 +396,8 @@ class Trainer:
             best_checkpoint=best_path if best is not None else None,
             stopped_early=stopped,
             extra={"rank_seed_probe": rank_probe},
+            model_source=model_source,
+            model_epoch=model_epoch,
         )
 
     def _raise_if_nonfinite(
