@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import pytest
 import torch
@@ -317,3 +318,13 @@ def test_patience_ends_fit_and_returns_the_best_epochs_model(tmp_path):
         TrainConfig(patience=3)
     with pytest.raises(ValueError, match="patience must be >= 1"):
         TrainConfig(patience=0, holdout=8)
+
+
+def test_patience_shorter_than_the_cyclic_lr_period_warns():
+    # The PNIL presets' cyclic lr (period 4 epochs) puts the validation-loss dips at every
+    # 4th epoch; patience 3 stopped every run of the issue 10 rerun at 4k + 3.
+    with pytest.warns(UserWarning, match="shorter than the cyclic lr's period"):
+        TrainConfig.from_preset("nfgsm-fashion-mnist", patience=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TrainConfig.from_preset("nfgsm-fashion-mnist", patience=5)

@@ -7,6 +7,8 @@ Every field can be overridden: in Python with ``TrainConfig.from_preset(name, **
 from __future__ import annotations
 
 import dataclasses
+import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,6 +146,16 @@ class TrainConfig:
                 raise ValueError(
                     "patience needs holdout > 0: it watches the adversarial validation loss "
                     "on the held-out images"
+                )
+            cycle = 2 * self.cycle_epochs  # the cyclic lr's period: up, then down
+            if self.lr_schedule == "cyclic" and self.patience < cycle:
+                # The validation loss dips at each low-lr point: a shorter patience ends
+                # the run before the next dip can beat the last one (seen in RESULTS.md).
+                warnings.warn(
+                    f"patience ({self.patience} epochs) is shorter than the cyclic lr's "
+                    f"period ({cycle:g} epochs): training stops before the next low-lr "
+                    f"epoch can improve on the last; use patience >= {math.ceil(cycle) + 1}",
+                    stacklevel=3,
                 )
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite exclude each other: continue or replace")
