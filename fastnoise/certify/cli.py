@@ -24,17 +24,8 @@ __all__ = ["add_arguments", "run"]
 AMP_CHOICES = ("off", "bf16", "fp16")
 
 
-def _dataset_name(text: str) -> str:
-    from fastnoise.data import dataset_info
-
-    try:
-        return dataset_info(text).name
-    except ValueError:
-        return text  # argparse's choices check names the valid ones
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from fastnoise.data import DATASETS
+    from fastnoise.eval.cli import add_data_arguments
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = (
@@ -82,27 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="certify every K-th test image (Cohen et al.: 20 on CIFAR-10) (default: 1)",
     )
-    parser.add_argument(
-        "--dataset",
-        default=None,
-        type=_dataset_name,
-        choices=list(DATASETS),
-        help="test set (default: the data set the checkpoint was trained on)",
-    )
-    parser.add_argument(
-        "--data-root",
-        "--root",
-        dest="root",
-        default=None,
-        metavar="DIR",
-        help="folder holding the data set in torchvision's layout "
-        "(default: $FASTNOISE_DATA_ROOT, else the default folder)",
-    )
-    parser.add_argument(
-        "--download",
-        action="store_true",
-        help="download the data set into the data folder if it is missing (needs internet)",
-    )
+    add_data_arguments(parser, "test set")
     parser.add_argument(
         "--radius-step",
         type=float,

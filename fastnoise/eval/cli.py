@@ -65,9 +65,35 @@ def _dataset_name(text: str) -> str:
         return text  # argparse's choices check names the valid ones
 
 
+def add_data_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """--dataset, --data-root and --download, shared by the commands that read a test set."""
+    from fastnoise.data import DATASETS
+
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        type=_dataset_name,
+        choices=list(DATASETS),
+        help=f"{what} (default: the data set the checkpoint was trained on)",
+    )
+    parser.add_argument(
+        "--data-root",
+        "--root",
+        dest="root",
+        default=None,
+        metavar="DIR",
+        help="folder holding the data set in torchvision's layout "
+        "(default: $FASTNOISE_DATA_ROOT, else the default folder)",
+    )
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help="download the data set into the data folder if it is missing (needs internet)",
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from fastnoise.attacks import ATTACK_NAMES
-    from fastnoise.data import DATASETS
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the example's line
     parser.description = (
@@ -85,27 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model checkpoint (.pt) to evaluate, or a training run's folder: its best.pt "
         "(the epoch with the lowest adversarial validation loss) if it has one, else last.pt",
     )
-    parser.add_argument(
-        "--dataset",
-        default=None,
-        type=_dataset_name,
-        choices=list(DATASETS),
-        help="test set to attack (default: the data set the checkpoint was trained on)",
-    )
-    parser.add_argument(
-        "--data-root",
-        "--root",
-        dest="root",
-        default=None,
-        metavar="DIR",
-        help="folder holding the data set in torchvision's layout "
-        "(default: $FASTNOISE_DATA_ROOT, else the default folder)",
-    )
-    parser.add_argument(
-        "--download",
-        action="store_true",
-        help="download the data set into the data folder if it is missing (needs internet)",
-    )
+    add_data_arguments(parser, "test set to attack")
     parser.add_argument(
         "--protocol",
         choices=sorted(PROTOCOLS),
