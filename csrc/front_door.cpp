@@ -243,6 +243,29 @@ Tensor magnitude_of(const Tensor& sigma) {
   return magnitude;
 }
 
+template <typename T>
+bool all_positive(const T* p, int64_t n) {
+  bool ok = true;
+  for (int64_t i = 0; i < n; ++i) ok &= p[i] > T(0);  // NaN > 0 is false
+  return ok;
+}
+
+// Whether |sigma| == sigma with d|sigma|/dsigma == 1 everywhere (every entry > 0), known
+// cheaply: a CPU parameter, read in place. The usual case, since the layers clamp theta
+// to theta_min > 0 after each step; inject_noise.abs then skips the abs copy and the
+// backward's sign product, a third of a small call's cost. Zero entries keep the abs
+// path, where sgn(0) = 0 makes their gradient 0.
+bool known_positive(const Tensor& sigma) {
+  if (!sigma.is_cpu() || !sigma.is_contiguous() || sigma.numel() == 0) return false;
+  if (sigma.scalar_type() == at::kFloat) {
+    return all_positive(sigma.const_data_ptr<float>(), sigma.numel());
+  }
+  if (sigma.scalar_type() == at::kDouble) {
+    return all_positive(sigma.const_data_ptr<double>(), sigma.numel());
+  }
+  return false;
+}
+
 // y = x + s * z with s = sigma, or |sigma| when `magnitude` (inject_noise.abs; then
 // grad_sigma = sign(sigma) * sum grad_y * z). z is regenerated in the backward from
 // (seed, offset); only sigma, parameter-sized, is saved.
@@ -344,13 +367,14 @@ Tensor inject_noise_plain(const Tensor& x, const Tensor& sigma, std::optional<in
 Tensor inject_noise_abs_autograd(const Tensor& x, const Tensor& sigma,
                                  std::optional<int64_t> seed, int64_t offset) {
   check_inject(x, sigma);
-  return inject_with_autograd(x, sigma, seed, offset, true);
+  return inject_with_autograd(x, sigma, seed, offset, !known_positive(sigma));
 }
 
 Tensor inject_noise_abs_plain(const Tensor& x, const Tensor& sigma, std::optional<int64_t> seed,
                               int64_t offset) {
   check_inject(x, sigma);
-  return inject_below_autograd(x, magnitude_of(sigma), seed, offset);
+  return inject_below_autograd(x, known_positive(sigma) ? sigma : magnitude_of(sigma), seed,
+                               offset);
 }
 
 Tensor inject_noise_scalar_autograd(const Tensor& x, double sigma, std::optional<int64_t> seed,

@@ -320,12 +320,23 @@ def test_compiled_fresh_state_lives_on_the_cuda_device():
     assert on_cpu.device.type == "cpu"
 
 
-def test_inject_noise_abs_is_inject_noise_of_abs(seed_offset):
+@pytest.mark.parametrize(
+    "rows, dtype",
+    [
+        ([-0.3, 0.0, 0.4], torch.float32),  # the abs path: a copy, and sgn in the backward
+        ([0.3, 1e-30, 0.4], torch.float32),  # all > 0: sigma read as is, no sign product
+        ([0.3, 0.0, 0.4], torch.float32),  # one 0 keeps the abs path: its gradient is 0
+        ([0.3, 0.2, 0.4], torch.float64),
+        ([-0.3, 0.2, 0.4], torch.float64),
+    ],
+)
+def test_inject_noise_abs_is_inject_noise_of_abs(seed_offset, rows, dtype):
     """PerturbationInjection's fused |theta| (one op) against sigma.abs() + inject_noise:
-    same values, gradient sign(theta) * d/d|theta| (0 at 0, as abs' is), NaN refused."""
+    same values, gradient sign(theta) * d/d|theta| (0 at 0, as abs' is), NaN refused;
+    with and without autograd, on both of the op's paths (theta all > 0 or not)."""
     seed, offset = seed_offset
-    x = torch.rand(4, 3, 5)
-    theta = torch.tensor([[-0.3], [0.0], [0.4]]).expand(3, 5).contiguous()
+    x = torch.rand(4, 3, 5, dtype=dtype)
+    theta = torch.tensor(rows, dtype=dtype)[:, None].expand(3, 5).contiguous()
 
     def fused(x, t):
         return F.inject_noise_abs(x, t, seed=seed, offset=offset)
@@ -338,7 +349,9 @@ def test_inject_noise_abs_is_inject_noise_of_abs(seed_offset):
     assert torch.equal(y, y_ref)
     for g, g_ref in zip(grads, grads_ref, strict=True):
         assert torch.equal(g, g_ref)
-    assert (grads[1][1] == 0).all() and (grads[1][0] != 0).all()
+    assert ((grads[1][1] == 0).all()) == (rows[1] == 0.0) and (grads[1][0] != 0).all()
+    with torch.no_grad():
+        assert torch.equal(fused(x, theta), y_ref)
     with pytest.raises(ValueError, match="sigma must be non-negative and not NaN"):
         F.inject_noise_abs(x, torch.full((3, 5), float("nan")), seed=1)
 

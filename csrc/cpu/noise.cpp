@@ -6,6 +6,8 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "../common.h"
 #include "tile_loops.h"
 
@@ -65,7 +67,8 @@ at::Tensor noise_backward_sigma(const at::Tensor& grad_in, const at::Tensor& sig
   const auto opmath = opmath_type(grad);
   if (numel == 0) return at::zeros(sigma.sizes(), sigma.options());
   const int64_t chunks = chunk_count(numel);
-  at::Tensor partial = at::zeros({chunks, features}, grad.options().dtype(opmath));
+  // Each chunk zeroes its own row: no separate fill call.
+  at::Tensor partial = at::empty({chunks, features}, grad.options().dtype(opmath));
   const auto dtype = grad.scalar_type();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "noise_backward", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
@@ -73,6 +76,7 @@ at::Tensor noise_backward_sigma(const at::Tensor& grad_in, const at::Tensor& sig
     opmath_t* pp = partial.mutable_data_ptr<opmath_t>();
     parallel_chunks(numel, chunks, [&](int64_t chunk, int64_t tile_begin, int64_t tile_end) {
       opmath_t* acc = pp + chunk * features;
+      std::fill_n(acc, features, opmath_t(0));
       float z[kTileSize];
       for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
         const int64_t first = tile * kTileSize, count = std::min(kTileSize, numel - first);
@@ -86,7 +90,7 @@ at::Tensor noise_backward_sigma(const at::Tensor& grad_in, const at::Tensor& sig
       }
     });
   });
-  return reduce_to_param(partial.sum(0), grad, sigma);
+  return reduce_to_param(sum_chunks(partial), grad, sigma);
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <tuple>
 #include <utility>
@@ -118,8 +119,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pnil_backward(
             at::zeros(bias_in.sizes(), bias_in.options())};
   }
   const int64_t chunks = chunk_count(numel);
-  // Row 2c holds chunk c's grad_w sums, row 2c + 1 its grad_b sums.
-  at::Tensor partial = at::zeros({chunks, 2, features}, x.options().dtype(opmath_type(x)));
+  // Row c of each holds chunk c's sums, zeroed by that chunk. Two buffers, not one: with
+  // one chunk each row is returned as is, and the two gradients must not share memory.
+  const auto opmath = x.options().dtype(opmath_type(x));
+  at::Tensor partial_w = at::empty({chunks, features}, opmath);
+  at::Tensor partial_b = at::empty({chunks, features}, opmath);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pnil_backward", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
@@ -127,10 +131,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pnil_backward(
     const opmath_t* wp = weight.values.const_data_ptr<opmath_t>();
     const opmath_t* bp = bias.values.const_data_ptr<opmath_t>();
     scalar_t* gxp = grad_x.mutable_data_ptr<scalar_t>();
-    opmath_t* pp = partial.mutable_data_ptr<opmath_t>();
+    opmath_t* pw = partial_w.mutable_data_ptr<opmath_t>();
+    opmath_t* pb = partial_b.mutable_data_ptr<opmath_t>();
     parallel_chunks(numel, chunks, [&](int64_t chunk, int64_t tile_begin, int64_t tile_end) {
-      opmath_t* acc_w = pp + 2 * chunk * features;
-      opmath_t* acc_b = acc_w + features;
+      opmath_t* acc_w = pw + chunk * features;
+      opmath_t* acc_b = pb + chunk * features;
+      std::fill_n(acc_w, features, opmath_t(0));
+      std::fill_n(acc_b, features, opmath_t(0));
       float z[kTileSize];
       for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
         const int64_t first = tile * kTileSize, count = std::min(kTileSize, numel - first);
@@ -149,8 +156,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pnil_backward(
       }
     });
   });
-  const at::Tensor sums = partial.sum(0);
-  return {grad_x, reduce_to_param(sums[0], x, weight_in), reduce_to_param(sums[1], x, bias_in)};
+  return {grad_x, reduce_to_param(sum_chunks(partial_w), x, weight_in),
+          reduce_to_param(sum_chunks(partial_b), x, bias_in)};
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -34,6 +35,12 @@ inline int64_t chunk_count(int64_t numel) {
   const int64_t tiles = tile_count(numel);
   const int64_t by_grain = std::max<int64_t>(1, tiles / kGrainTiles);
   return std::min<int64_t>(std::min<int64_t>(at::get_num_threads(), by_grain), 64);
+}
+
+// The sum of the per-chunk rows of `partial` (chunks, ...). One chunk, which every small
+// call has, is its own sum: a view, no reduction kernel (its cost decides small calls).
+inline at::Tensor sum_chunks(const at::Tensor& partial) {
+  return partial.size(0) == 1 ? partial.select(0, 0) : partial.sum(0);
 }
 
 template <typename Body>
