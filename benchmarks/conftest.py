@@ -53,6 +53,28 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def paired_ratios(slow, fast, pairs: int, sync=None) -> list[float]:
+    """slow/fast time ratios of ``pairs`` back-to-back runs: neighbours on a shared CPU
+    slow both halves of a pair alike, so the ratio is steadier than either time. No
+    warm-up here: callers warm up as their workload needs.
+
+    ``sync`` (e.g. ``torch.cuda.synchronize``) runs before the clock starts and at the end
+    of each half, so each half's time covers the device work it queued.
+    """
+    sync = sync or (lambda: None)
+    ratios = []
+    for _ in range(pairs):
+        sync()
+        start = time.perf_counter()
+        slow()
+        sync()
+        middle = time.perf_counter()
+        fast()
+        sync()
+        ratios.append((middle - start) / (time.perf_counter() - middle))
+    return ratios
+
+
 def saved_bytes(fn) -> int:
     """Bytes autograd saves for backward while ``fn`` runs its forward (distinct storages)."""
     seen: dict[int, int] = {}

@@ -23,18 +23,38 @@ def _pyplot():
     return plt
 
 
+def _theta_layers(metrics: list[dict[str, Any]], what: str) -> list[str]:
+    layers = sorted({name for m in metrics for name in (m.get("theta_mean") or {})})
+    if not layers:
+        raise ValueError(f"{what} has no theta_mean entries: the model has no noise layers")
+    return layers
+
+
+def _theta_series(metrics: list[dict[str, Any]], layer: str) -> tuple[tuple, tuple]:
+    """(epochs, mean theta) of one layer, over the epochs that logged it."""
+    points = [(m["epoch"], m["theta_mean"][layer]) for m in metrics if layer in m["theta_mean"]]
+    xs, ys = zip(*points, strict=True)
+    return xs, ys
+
+
+def _save(plt, fig, path: str | os.PathLike, dpi: int = 120) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_theta_evolution(metrics: list[dict[str, Any]], path: str | os.PathLike) -> Path:
     """Mean theta per perturbation-injection layer against the epoch: with the harmonic
     regularizer it should grow once noise starts and then settle (Learn2Perturb Fig. 4)."""
     plt = _pyplot()
-    layers = sorted({name for m in metrics for name in (m.get("theta_mean") or {})})
-    if not layers:
-        raise ValueError("metrics have no theta_mean entries: the model has no noise layers")
+    layers = _theta_layers(metrics, "metrics")
     fig, ax = plt.subplots(figsize=(6, 4))
     cmap = plt.get_cmap("viridis")
     for i, layer in enumerate(layers):
-        points = [(m["epoch"], m["theta_mean"][layer]) for m in metrics if layer in m["theta_mean"]]
-        xs, ys = zip(*points, strict=True)
+        xs, ys = _theta_series(metrics, layer)
         ax.plot(xs, ys, color=cmap(i / max(len(layers) - 1, 1)), label=layer, marker=".")
     off = [m["epoch"] for m in metrics if m.get("noise_on") is False]
     if off:
@@ -44,12 +64,7 @@ def plot_theta_evolution(metrics: list[dict[str, Any]], path: str | os.PathLike)
     ax.set_title("Learned noise per layer")
     if len(layers) <= 12:
         ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_theta_comparison(
@@ -66,14 +81,8 @@ def plot_theta_comparison(
     colours = plt.get_cmap("tab10")
     styles = ("-", "--", ":", "-.")
     for i, (label, metrics) in enumerate(runs.items()):
-        layers = sorted({name for m in metrics for name in (m.get("theta_mean") or {})})
-        if not layers:
-            raise ValueError(f"run {label!r} has no theta_mean entries")
-        for j, layer in enumerate(layers):
-            points = [
-                (m["epoch"], m["theta_mean"][layer]) for m in metrics if layer in m["theta_mean"]
-            ]
-            xs, ys = zip(*points, strict=True)
+        for j, layer in enumerate(_theta_layers(metrics, f"run {label!r}")):
+            xs, ys = _theta_series(metrics, layer)
             ax.plot(xs, ys, color=colours(i), linestyle=styles[j % len(styles)], marker=".",
                     label=f"{label}: {layer}")  # fmt: skip
     for epoch in lr_drops:
@@ -82,12 +91,7 @@ def plot_theta_comparison(
     ax.set_ylabel("mean theta (noise std)")
     ax.set_title(title)
     ax.legend(fontsize=6)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 @torch.no_grad()
@@ -134,9 +138,4 @@ def plot_pnil_variance(layer: nn.Module, images: torch.Tensor, path: str | os.Pa
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, dpi=110)
