@@ -1,5 +1,7 @@
-"""Attack throughput on the CPU: batched EOT vs the Python loop of draws, and SPSA /
-the pixel attack on a whole batch vs image by image.
+"""Attack throughput: batched EOT vs the Python loop of draws, and SPSA / the pixel
+attack on a whole batch vs image by image, on the CPU. The back-to-back EOT pairs
+(``test_eot_speedup_paired``) also run on CUDA when there is a GPU, where the loop's
+launches per draw are expected to cost more than on the CPU (not yet measured).
 
 The model is the PNIL paper's small MNIST CNN with Learn2Perturb noise after each
 convolution (``fastnoise.models.small_cnn(noise="l2p")``), so every forward draws
@@ -10,14 +12,14 @@ it and falls back to separate passes (independent draws), so it should match the
 while the per-row model must stay well ahead (issue 10: at least 1.5x).
 
 Run: ``pytest benchmarks/test_bench_attacks.py --benchmark-only`` (a few minutes on
-2 CPU cores). A readable table is printed at the end.
+2 CPU cores; ``-k "paired and cuda"`` for the GPU pairs alone, as benchmarks/gpu_check.py
+does). A readable table is printed at the end.
 """
 
 from __future__ import annotations
 
 import os
 import statistics
-import time
 import warnings
 
 import pytest
@@ -25,6 +27,8 @@ import torch
 
 from fastnoise.attacks import SPSA, FewPixel, eot_gradient, sequential_eot_gradient
 from fastnoise.attacks._losses import cross_entropy
+
+from conftest import devices, paired_ratios, synchronize
 
 BATCH = 8  # images per EOT gradient
 SPSA_CONFIG = dict(eps=0.1, steps=2, samples=64, early_stop=False)
@@ -34,7 +38,7 @@ GRADIENT_FREE_IMAGES = 8
 # workload, approach, size, best s, median s, rate (at the best time)
 _ROWS: list[tuple[str, str, str, float, float, float]] = []
 ROUNDS = 5
-_PAIRED: list[tuple[str, float, float, float]] = []  # workload, median, min, max
+_PAIRED: list[tuple[str, str, float, float, float]] = []  # workload, device, median, min, max
 
 
 def _model(noise: str = "l2p") -> torch.nn.Module:
@@ -47,9 +51,10 @@ def _model(noise: str = "l2p") -> torch.nn.Module:
 EOT_CASES = [("l2p", 16), ("l2p", 80), ("pni-w", 16)]  # (noise, copies)
 
 
-def _images(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    return torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+def _images(n: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)  # drawn on the CPU: the same images on every device
+    x, y = torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+    return x.to(device), y.to(device)
 
 
 def _time(benchmark, fn) -> tuple[float, float]:
@@ -64,10 +69,11 @@ def summary_table(request):
     yield
     if not _ROWS and not _PAIRED:
         return
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     lines = [
         "",
         f"attack benchmarks: torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs{gpu}",
         f"{'workload':<22}{'approach':<16}{'size':<16}"
         f"{'best ms':>10}{'median ms':>11}{'rate':>10}{'speed-up':>10}",
     ]
@@ -85,10 +91,10 @@ def summary_table(request):
         f"best of {ROUNDS} rounds; rate (at best): EOT copies (image x draw) or images per "
         "second; speed-up: batched over the loop, best vs best."
     )
-    for workload, median, low, high in _PAIRED:
+    for workload, device, median, low, high in _PAIRED:
         lines.append(
-            f"{workload:<22}batched vs loop, back-to-back pairs: median speed-up {median:.2f}x "
-            f"(range {low:.2f}x to {high:.2f}x)"
+            f"{workload:<22}{device:<6}batched vs loop, back-to-back pairs: median speed-up "
+            f"{median:.2f}x (range {low:.2f}x to {high:.2f}x)"
         )
     capture = request.config.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled():
@@ -137,31 +143,20 @@ def test_pixel_throughput(benchmark, approach):
     _gradient_free(benchmark, "pixel DE 64x3 gens", make, approach)
 
 
-def _paired_ratios(slow, fast, pairs: int) -> list[float]:
-    """slow/fast time ratios of back-to-back runs: neighbours on a shared CPU slow
-    both halves of a pair alike, so the ratio is steadier than either time."""
-    slow(), fast()  # warm-up
-    ratios = []
-    for _ in range(pairs):
-        start = time.perf_counter()
-        slow()
-        middle = time.perf_counter()
-        fast()
-        ratios.append((middle - start) / (time.perf_counter() - middle))
-    return ratios
-
-
 @pytest.mark.parametrize("noise,copies", EOT_CASES)
-def test_eot_speedup_paired(benchmark, noise, copies):
-    model = _model(noise)
-    x, y = _images(BATCH)
+@pytest.mark.parametrize("device", devices())
+def test_eot_speedup_paired(benchmark, device, noise, copies):
+    model = _model(noise).to(device)
+    x, y = _images(BATCH, device)
     batched = lambda: eot_gradient(model, cross_entropy, x, y, copies)
     looped = lambda: sequential_eot_gradient(model, cross_entropy, x, y, copies)
+    sync = lambda: synchronize(device)  # CUDA runs asynchronously: time completed work
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ratios = _paired_ratios(looped, batched, pairs=7)
-        benchmark.pedantic(batched, rounds=1, iterations=1)
-    benchmark.group = f"EOT gradient {noise} L={copies}"
-    benchmark.extra_info["paired_speedups"] = ratios
+        looped(), batched()  # warm-up: first kernel loads and allocations
+        ratios = paired_ratios(looped, batched, pairs=7, sync=sync)
+        benchmark.pedantic(lambda: (batched(), sync()), rounds=1, iterations=1)
+    benchmark.group = f"EOT gradient {noise} L={copies} {device}"
+    benchmark.extra_info.update(device=device, paired_speedups=ratios)
     label = f"EOT grad {noise} L={copies}"
-    _PAIRED.append((label, statistics.median(ratios), min(ratios), max(ratios)))
+    _PAIRED.append((label, device, statistics.median(ratios), min(ratios), max(ratios)))

@@ -34,13 +34,14 @@ from __future__ import annotations
 import contextlib
 import os
 import statistics
-import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from fastnoise.attacks import APGD, Square, _losses, sequential_eot_gradient
+
+from conftest import paired_ratios
 
 IMAGES = 8  # per call; 8 x 20 copies = 160 rows, one forward on the CPU (chunk 167 rows)
 EPS = 0.02  # L-inf; small enough that no image is broken (equal work on both sides)
@@ -250,25 +251,12 @@ def test_autoattack_rand(benchmark, setup, approach):
     assert report.stages[-1].attacked == IMAGES, "an image was broken: the sides' work differs"
 
 
-def _paired_ratios(slow, fast, pairs: int) -> list[float]:
-    """slow/fast time ratios of back-to-back runs: neighbours on a shared CPU slow
-    both halves of a pair alike, so the ratio is steadier than either time. No warm-up:
-    the timed rounds above ran both sides first."""
-    ratios = []
-    for _ in range(pairs):
-        start = time.perf_counter()
-        slow()
-        middle = time.perf_counter()
-        fast()
-        ratios.append((middle - start) / (time.perf_counter() - middle))
-    return ratios
-
-
 @pytest.mark.parametrize("workload", list(WORKLOADS))
 def test_speedup_paired(benchmark, setup, workload):
     make, _ = WORKLOADS[workload]
     sequential, batched = make(setup, "sequential"), make(setup, "batched")
-    ratios = _paired_ratios(sequential, batched, PAIRS)
+    # No warm-up: the timed rounds above ran both sides first.
+    ratios = paired_ratios(sequential, batched, PAIRS)
     benchmark.pedantic(batched, rounds=1, iterations=1)
     benchmark.group = workload
     benchmark.extra_info["paired_speedups"] = ratios

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import time
 
 import pytest
 import torch
@@ -32,6 +31,8 @@ from certify_reference import reference_certify
 from torch import nn
 
 from fastnoise.certify import Smooth
+
+from conftest import paired_ratios
 
 SIGMA = 0.25
 N0 = 100
@@ -139,19 +140,6 @@ def test_certify_throughput(benchmark, model, approach):
     _ROWS.append((model, approach, samples_per_call(model), stats.min, stats.median))
 
 
-def _paired_ratios(slow, fast, pairs: int) -> list[float]:
-    """slow/fast time ratios of back-to-back runs: a neighbour on a shared CPU slows
-    both halves of a pair alike, so the ratio is steadier than either time."""
-    ratios = []
-    for _ in range(pairs):
-        start = time.perf_counter()
-        slow()
-        middle = time.perf_counter()
-        fast()
-        ratios.append((middle - start) / (time.perf_counter() - middle))
-    return ratios
-
-
 PAIRINGS = {
     "fastnoise vs reference": ("reference", "fastnoise"),
     "compile vs fastnoise": ("fastnoise", "fastnoise+compile"),
@@ -164,7 +152,7 @@ PAIRINGS = {
 def test_speedup_paired(benchmark, model, pairing):
     slow_name, fast_name = PAIRINGS[pairing]
     slow, fast = certify_fn(model, slow_name), certify_fn(model, fast_name)
-    ratios = _paired_ratios(slow, fast, PAIRS)
+    ratios = paired_ratios(slow, fast, PAIRS)  # certify_fn warmed both up
     benchmark.pedantic(fast, rounds=1, iterations=1)
     benchmark.group = f"certify {model}"
     benchmark.extra_info["paired_speedups"] = ratios

@@ -19,6 +19,7 @@ import torch
 
 from fastnoise.cli import main
 from fastnoise.train import TrainConfig, fit, load_checkpoint
+from fastnoise.train.run_folder import ResumeMismatchError, config_changes
 
 REPO_ROOT = Path(__file__).resolve().parents[1]  # `python -m fastnoise` imports this checkout
 
@@ -126,6 +127,17 @@ def test_resume_refuses_any_change_to_what_is_trained(used_folder, field, value)
     config = TrainConfig.from_dict({**saved, "resume": True, field: value})
     with pytest.raises(ValueError, match=rf"{field}.*{re.escape(repr(saved[field]))}"):
         fit(config)
+
+
+def test_resume_refuses_a_new_sigma_for_gaussian_only(tmp_path):
+    """Gaussian data augmentation trains for one sigma (the one it is certified at), so a
+    resume with another is another experiment; other methods ignore sigma."""
+    saved = TrainConfig(method="gaussian", sigma=0.25).to_dict()
+    with pytest.raises(ResumeMismatchError, match=r"sigma.*0\.25"):
+        config_changes(saved, TrainConfig(method="gaussian", sigma=0.5), tmp_path / "last.pt")
+    saved = TrainConfig(method="pgd-at", sigma=0.25).to_dict()
+    changes = config_changes(saved, TrainConfig(method="pgd-at", sigma=0.5), tmp_path / "last.pt")
+    assert [c.field for c in changes] == ["sigma"]
 
 
 def test_resume_applies_a_new_lr_and_epochs_and_reports_them(used_folder, capsys):
