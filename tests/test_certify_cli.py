@@ -102,6 +102,31 @@ def test_certify_writes_the_report_and_reads_sigma_from_the_checkpoint(gaussian_
     ]
 
 
+def test_certify_groups_of_different_seeds_share_no_draws(gaussian_run, tmp_path, monkeypatch):
+    """Each group's noise seed comes from a generator seeded with --seed: the same --seed
+    gives the same seeds, and --seed 0 and --seed 1 share none (seed + k would)."""
+    from fastnoise.certify import Smooth
+
+    seen: list[int] = []
+    real = Smooth.certify
+
+    def recording(self, images, *args, seed=None, **kwargs):
+        seen.append(seed)
+        return real(self, images, *args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(Smooth, "certify", recording)
+    argv = ["certify", "--checkpoint", str(gaussian_run / "last.pt"), *CERTIFY]
+    argv += ["--batch-size", "60"]  # one image per group: five groups
+    runs = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        seen.clear()
+        assert main([*argv, "--seed", str(seed), "--out", str(tmp_path / name)]) == 0
+        runs[name] = list(seen)
+    assert len(runs["a"]) == 5 and len(set(runs["a"])) == 5
+    assert runs["a"] == runs["b"]
+    assert not set(runs["a"]) & set(runs["c"])
+
+
 def test_certify_skip_picks_every_kth_image(gaussian_run, tmp_path):
     argv = ["certify", "--checkpoint", str(gaussian_run / "last.pt"), *CERTIFY, "--skip", "3"]
     assert main([*argv, "--out", str(tmp_path)]) == 0

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from fastnoise import rng
 from fastnoise.cli_errors import CLIError
 
 __all__ = ["add_arguments", "run"]
@@ -175,21 +176,24 @@ def run(args: argparse.Namespace) -> int:
 
 def _certify_all(smooth, images, labels, picked, args):
     """CERTIFY on groups of images that share forward passes (as many as one batch holds
-    at n samples each); an image's time is its share of its group's wall time. Group k
-    draws its noise from seed + k, so a run is reproducible from --seed."""
+    at n samples each); an image's time is its share of its group's wall time. Each
+    group's noise seed is drawn from a generator seeded with --seed: a run is reproducible
+    from --seed (and --batch-size, which sets the groups), and runs with different seeds
+    share no draws (seed + k would: --seed 0's group 1 was --seed 1's group 0)."""
     from tqdm.auto import tqdm
 
     from fastnoise.certify.report import CertifiedImage, CertifyReport
 
     group = max(1, args.batch_size // args.n)
+    group_seeds = torch.Generator().manual_seed(args.seed)
     rows: list[CertifiedImage] = []
     total = 0.0
     with tqdm(total=len(images), desc="certify", unit="image", disable=args.no_progress) as bar:
-        for k, first in enumerate(range(0, len(images), group)):
+        for first in range(0, len(images), group):
             start = time.perf_counter()
             predictions, radii = smooth.certify(
                 images[first : first + group], args.n0, args.n, args.alpha, args.batch_size,
-                seed=args.seed + k,
+                seed=rng.draw_seed(generator=group_seeds),
             )  # fmt: skip
             seconds = time.perf_counter() - start  # certify waited for the device already
             total += seconds
