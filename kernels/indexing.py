@@ -68,15 +68,22 @@ def nhwc_feature_tile(hw4, channels4, BLOCK_HW: tl.constexpr, BLOCK_C: tl.conste
     """One program's features of a channels_last sample, for the batch reductions.
 
     Grid (cdiv(H*W, BLOCK_HW), C // BLOCK_C, row chunks); the program loops over rows.
-    Returns ``hw`` (BLOCK_HW,), ``c`` (BLOCK_C,) and the Philox counters of the logical
-    (BLOCK_C, BLOCK_HW // 4) tile within one row (add ``row * C*H*W // 4``): as
+    Returns ``features`` (C*H*W), ``in_hw`` (BLOCK_HW,) masking the tile's pixels past
+    H*W, ``in_row`` (BLOCK_HW, BLOCK_C) the tile's offsets within one row in memory
+    (channels contiguous), ``logical`` (BLOCK_C, BLOCK_HW) the same features' offsets in
+    logical (c, hw) order (parameters and partial rows), and the Philox counters of the
+    logical (BLOCK_C, BLOCK_HW // 4) tile within one row (add ``row * C*H*W // 4``): as
     :func:`nhwc_tile`, without the sample.
     """
     hw_start = tl.program_id(0) * BLOCK_HW
     hw = hw_start + tl.arange(0, BLOCK_HW)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     quads = hw_start // 4 + tl.arange(0, BLOCK_HW // 4)
-    return hw, c, c[:, None] * hw4 + quads[None, :]
+    hw_size = hw4 * 4
+    in_row = hw[:, None] * (channels4 * 4) + c[None, :]
+    logical = c[:, None] * hw_size + hw[None, :]
+    counters = c[:, None] * hw4 + quads[None, :]
+    return hw_size * channels4 * 4, hw < hw_size, in_row, logical, counters
 
 
 @triton.jit
@@ -95,3 +102,32 @@ def reduction_rows(features, ROWS_PER_PROGRAM: tl.constexpr, CLASSES: tl.constex
     k = pid % CLASSES  # no branch (one return type): with CLASSES = 1 all of it folds to 0
     first = chunk_start + (k - chunk_start % CLASSES + CLASSES) % CLASSES
     return chunk_start, first, (k * features) % 4
+
+
+@triton.jit
+def reduction_tile(
+    features,
+    hw,
+    channels,
+    ROWS_PER_PROGRAM: tl.constexpr,
+    CLASSES: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr,
+    BLOCK_F: tl.constexpr,
+):
+    """The rows and the (BLOCK_F // 4, 4) feature tile of a contiguous batch-reduction
+    program (grid: feature blocks, row chunks x CLASSES; rows as :func:`reduction_rows`).
+
+    Returns (chunk start, first row, block start, feature, feature mask, offset in a row).
+    The block starts ``shift`` features early, on a counter boundary, so its tile may
+    begin before feature 0: the mask drops those lanes.
+    """
+    chunk_start, first_row, shift = reduction_rows(features, ROWS_PER_PROGRAM, CLASSES)
+    lanes = tl.arange(0, 4)
+    block_start = tl.program_id(0).to(tl.int64) * BLOCK_F - shift
+    feature = block_start + (tl.arange(0, BLOCK_F // 4)[:, None] * 4 + lanes[None, :])
+    if CLASSES == 1:
+        feature_mask = feature < features
+    else:  # the shifted tile starts up to 3 features before the block
+        feature_mask = (feature >= 0) & (feature < features)
+    in_row = feature_offset(feature, hw, channels, CHANNELS_LAST)
+    return chunk_start, first_row, block_start, feature, feature_mask, in_row

@@ -10,10 +10,9 @@ import triton.language as tl
 
 from fastnoise.kernels.indexing import (
     block_addresses,
-    feature_offset,
     nhwc_feature_tile,
     nhwc_tile,
-    reduction_rows,
+    reduction_tile,
 )
 from fastnoise.kernels.philox import normal_rows, normal_tile
 
@@ -128,15 +127,10 @@ def noise_backward_sigma_kernel(
     # Grid (feature blocks, row chunks x CLASSES): each program sums grad_y * z over its
     # rows (see reduction_rows) for BLOCK_F features and writes one partial row; the host
     # sums the partial rows, so the result does not depend on scheduling (no atomics).
-    chunk_start, first_row, shift = reduction_rows(features, ROWS_PER_PROGRAM, CLASSES)
+    chunk_start, first_row, block_start, feature, feature_mask, in_row = reduction_tile(
+        features, hw, channels, ROWS_PER_PROGRAM, CLASSES, CHANNELS_LAST, BLOCK_F
+    )
     lanes = tl.arange(0, 4)
-    block_start = tl.program_id(0).to(tl.int64) * BLOCK_F - shift  # a counter boundary
-    feature = block_start + (tl.arange(0, BLOCK_F // 4)[:, None] * 4 + lanes[None, :])
-    if CLASSES == 1:
-        feature_mask = feature < features
-    else:  # the shifted tile starts up to 3 features before the block
-        feature_mask = (feature >= 0) & (feature < features)
-    in_row = feature_offset(feature, hw, channels, CHANNELS_LAST)
     acc = tl.full((BLOCK_F // 4, 4), 0.0, COMPUTE_DTYPE)
     for r in range(0, (ROWS_PER_PROGRAM + CLASSES - 1) // CLASSES):
         row = first_row + r * CLASSES
@@ -167,11 +161,9 @@ def noise_backward_sigma_nhwc_kernel(
     # channels_last with H*W % 4 == C % 4 == 0: grad_y in (hw, c) tiles, channels
     # contiguous (vector loads); z from the logical (c, hw) tile, transposed on chip. The
     # partial row is stored transposed back, in logical feature order, as the other kernel.
-    hw, c, counters = nhwc_feature_tile(hw4, channels4, BLOCK_HW, BLOCK_C)
-    hw_size = hw4 * 4
-    features = hw_size * channels4 * 4
-    in_hw = hw < hw_size
-    in_row = hw[:, None] * (channels4 * 4) + c[None, :]
+    features, in_hw, in_row, logical, counters = nhwc_feature_tile(
+        hw4, channels4, BLOCK_HW, BLOCK_C
+    )
     acc = tl.full((BLOCK_HW, BLOCK_C), 0.0, COMPUTE_DTYPE)
     pid_n = tl.program_id(2).to(tl.int64)
     for r in range(0, ROWS_PER_PROGRAM):
@@ -180,5 +172,5 @@ def noise_backward_sigma_nhwc_kernel(
         mask = in_hw[:, None] & (row < rows)
         g = tl.load(grad_y_ptr + row * features + in_row, mask=mask, other=0.0)
         acc += g.to(COMPUTE_DTYPE) * z.to(COMPUTE_DTYPE)
-    partial = partial_ptr + pid_n * features + (c[:, None] * hw_size + hw[None, :])
+    partial = partial_ptr + pid_n * features + logical
     tl.store(partial, tl.trans(acc), mask=in_hw[None, :])

@@ -11,10 +11,9 @@ import triton.language as tl
 
 from fastnoise.kernels.indexing import (
     block_addresses,
-    feature_offset,
     nhwc_feature_tile,
     nhwc_tile,
-    reduction_rows,
+    reduction_tile,
 )
 from fastnoise.kernels.philox import normal_rows, normal_tile
 
@@ -132,15 +131,10 @@ def pnil_backward_kernel(
     BLOCK_F: tl.constexpr,
 ):
     # Same grid and rows as noise_backward_sigma_kernel.
-    chunk_start, first_row, shift = reduction_rows(features, ROWS_PER_PROGRAM, CLASSES)
+    chunk_start, first_row, block_start, feature, feature_mask, in_row = reduction_tile(
+        features, hw, channels, ROWS_PER_PROGRAM, CLASSES, CHANNELS_LAST, BLOCK_F
+    )
     lanes = tl.arange(0, 4)
-    block_start = tl.program_id(0).to(tl.int64) * BLOCK_F - shift  # a counter boundary
-    feature = block_start + (tl.arange(0, BLOCK_F // 4)[:, None] * 4 + lanes[None, :])
-    if CLASSES == 1:
-        feature_mask = feature < features
-    else:
-        feature_mask = (feature >= 0) & (feature < features)
-    in_row = feature_offset(feature, hw, channels, CHANNELS_LAST)
     weight = tl.load(weight_ptr + feature, mask=feature_mask, other=0.0)
     bias = tl.load(bias_ptr + feature, mask=feature_mask, other=0.0)
     acc_w = tl.full((BLOCK_F // 4, 4), 0.0, COMPUTE_DTYPE)
@@ -186,12 +180,9 @@ def pnil_backward_nhwc_kernel(
 ):
     # channels_last tiles as noise_backward_sigma_nhwc_kernel: grad_y, x and grad_x in
     # (hw, c) tiles (vector accesses), z, W and B transposed from logical (c, hw) tiles.
-    hw, c, counters = nhwc_feature_tile(hw4, channels4, BLOCK_HW, BLOCK_C)
-    hw_size = hw4 * 4
-    features = hw_size * channels4 * 4
-    in_hw = hw < hw_size
-    in_row = hw[:, None] * (channels4 * 4) + c[None, :]
-    logical = c[:, None] * hw_size + hw[None, :]
+    features, in_hw, in_row, logical, counters = nhwc_feature_tile(
+        hw4, channels4, BLOCK_HW, BLOCK_C
+    )
     weight = tl.trans(tl.load(weight_ptr + logical, mask=in_hw[None, :]))
     bias = tl.trans(tl.load(bias_ptr + logical, mask=in_hw[None, :]))
     acc_w = tl.full((BLOCK_HW, BLOCK_C), 0.0, COMPUTE_DTYPE)
