@@ -16,6 +16,8 @@ Steps, in order (``env`` and ``setup`` always run: the others need them):
              torch.compile mode="reduce-overhead"): does capture work, and do two
              replays draw different noise?
   overhead   benchmarks/test_bench_overhead.py on CUDA: per-call cost vs eager
+  eot        benchmarks/test_bench_attacks.py on CUDA: batched EOT gradient vs the loop of
+             draws, median of back-to-back pairs
   bandwidth  benchmarks/gpu_bandwidth.py, triton and cuda backends
   l2p        benchmarks/l2p_epoch.py: one Learn2Perturb ResNet-20 epoch, fused vs eager
 
@@ -144,6 +146,9 @@ def build_plan(out: Path) -> list[Step]:
     overhead = [str(HERE / "test_bench_overhead.py"), "--benchmark-only"]
     overhead += ["-k", "cuda and not plain-triton"]
     overhead.append(f"--benchmark-json={paths['overhead_json']}")
+    # Parsed from the output tail (TAIL_CHARS): the EOT lines print just before
+    # pytest-benchmark's short table of the 3 cases.
+    eot = [str(HERE / "test_bench_attacks.py"), "--benchmark-only", "-k", "paired and cuda", "-s"]
     return [
         Step("env", "device, driver and versions", [Command("env", _worker("env"), 60)], False),
         Step(
@@ -180,6 +185,12 @@ def build_plan(out: Path) -> list[Step]:
             "overhead",
             "per-call cost on a tiny tensor vs eager PyTorch (benchmarks/test_bench_overhead.py)",
             [Command("pytest-benchmark", _pytest(*overhead), 200)],
+        ),
+        Step(
+            "eot",
+            "batched EOT gradient vs the sequential loop of draws on CUDA, back-to-back pairs "
+            "(benchmarks/test_bench_attacks.py)",
+            [Command("pytest-benchmark", _pytest(*eot), 90)],
         ),
         Step(
             "bandwidth",
@@ -518,6 +529,49 @@ def summarize_l2p(commands: list[CommandResult]) -> tuple[str, str, dict]:
     return ("done" if status == "passed" else status), summary, details
 
 
+# test_bench_attacks.py's summary line of one paired EOT case, e.g.
+# "EOT grad l2p L=16     cuda  batched vs loop, back-to-back pairs: median speed-up 1.62x
+# (range 1.55x to 1.70x)" (one line).
+EOT_PAIRED_LINE = re.compile(
+    r"^(EOT grad .+?)\s+batched vs loop, back-to-back pairs: median speed-up ([\d.]+)x "
+    r"\(range ([\d.]+)x to ([\d.]+)x\)"
+)
+
+
+def parse_eot(text: str) -> dict:
+    header = next((ln.strip() for ln in text.splitlines() if ln.startswith("attack bench")), "")
+    rows = []
+    for line in text.splitlines():
+        match = EOT_PAIRED_LINE.match(line.strip())
+        if match:
+            workload, median, low, high = match.groups()
+            rows.append(
+                dict(
+                    workload=" ".join(workload.split()),  # the device column's padding
+                    median=float(median),
+                    min=float(low),
+                    max=float(high),
+                )
+            )
+    return {"header": header, "rows": rows}
+
+
+def summarize_eot(commands: list[CommandResult]) -> tuple[str, str, dict]:
+    command = commands[0]
+    details = parse_eot(command.output_tail)
+    status = _base_status(commands)
+    if details["rows"]:
+        speedups = ", ".join(
+            f"{r['workload'].removeprefix('EOT grad ')} {r['median']:.2f}x "
+            f"({r['min']:.2f}x-{r['max']:.2f}x)"
+            for r in details["rows"]
+        )
+        summary = f"batched over the loop, median (range) of back-to-back pairs: {speedups}"
+    else:
+        summary = "timed out" if command.timed_out else _first_error(command)
+    return ("done" if status == "passed" else status), summary, details
+
+
 def summarize(step: Step, commands: list[CommandResult], paths: dict[str, Path]):
     """(status, one-line summary, details) of a step that ran."""
     if step.name == "env":
@@ -530,6 +584,8 @@ def summarize(step: Step, commands: list[CommandResult], paths: dict[str, Path])
         return summarize_graph(commands)
     if step.name == "overhead":
         return summarize_overhead(commands, paths["overhead_json"])
+    if step.name == "eot":
+        return summarize_eot(commands)
     if step.name == "bandwidth":
         return summarize_bandwidth(commands)
     if step.name == "l2p":
@@ -639,6 +695,19 @@ def _details_markdown(step: dict) -> list[str]:
     elif name == "overhead" and details.get("table"):
         table = details["table"].strip()
         out += ["", "Per-call overhead (benchmarks/test_bench_overhead.py):", "", table]
+    elif name == "eot" and details.get("rows"):
+        out += [
+            "",
+            "Batched EOT gradient vs the sequential loop (benchmarks/test_bench_attacks.py, "
+            f"back-to-back pairs): `{details.get('header', '')}`",
+            "",
+            "| workload | median speed-up | min | max |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        out += [
+            f"| {r['workload']} | {r['median']:.2f}x | {r['min']:.2f}x | {r['max']:.2f}x |"
+            for r in details["rows"]
+        ]
     elif name == "bandwidth":
         for backend, parsed in details.items():
             if not parsed.get("rows"):

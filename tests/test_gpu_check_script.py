@@ -18,7 +18,7 @@ from conftest import REPO_ROOT
 
 BENCHMARKS = REPO_ROOT / "benchmarks"
 SCRIPT = BENCHMARKS / "gpu_check.py"
-STEPS = ["env", "setup", "extension", "tests", "graph", "overhead", "bandwidth", "l2p"]
+STEPS = ["env", "setup", "extension", "tests", "graph", "overhead", "eot", "bandwidth", "l2p"]
 
 
 def _load(name: str):
@@ -61,13 +61,14 @@ def test_dry_run_names_every_step_and_command(gc):
         "--graph-backend cuda",
         "--graph-compiled",
         "benchmarks/test_bench_overhead.py --benchmark-only -k 'cuda and not plain-triton'",
+        "benchmarks/test_bench_attacks.py --benchmark-only -k 'paired and cuda' -s",
         "benchmarks/gpu_bandwidth.py --backend triton",
         "benchmarks/gpu_bandwidth.py --backend cuda",
         "benchmarks/l2p_epoch.py --images",
     ):
         assert command in done.stdout, command
     # Every command has a time limit, and they fit the default budget's story (< 8 min).
-    assert len(re.findall(r"^  \(\d+ s\) ", done.stdout, flags=re.MULTILINE)) == 11
+    assert len(re.findall(r"^  \(\d+ s\) ", done.stdout, flags=re.MULTILINE)) == 12
     assert gc.DEFAULT_BUDGET_S < 8 * 60
 
 
@@ -87,7 +88,7 @@ def test_only_and_skip_keep_env_and_setup():
         "overhead",
     ]
     skipped = _planned(_dry_run("--skip", "l2p,bandwidth").stdout)
-    assert skipped == ["env", "setup", "extension", "tests", "graph", "overhead"]
+    assert skipped == ["env", "setup", "extension", "tests", "graph", "overhead", "eot"]
 
 
 def test_unknown_step_is_a_usage_error_that_lists_the_steps():
@@ -121,6 +122,17 @@ ops        s/epoch  images/s
 eager        30.00     333.3
 fastnoise    20.00     500.0
 speed-up: 1.50x
+"""  # noqa: E501
+
+EOT_OUTPUT = """\
+attack benchmarks: torch 2.11.0+cu130, 16 threads, load average 1.2 on 16 CPUs, NVIDIA H100 80GB HBM3
+workload              approach        size               best ms  median ms      rate  speed-up
+-----------------------------------------------------------------------------------------------
+best of 5 rounds; rate (at best): EOT copies (image x draw) or images per second; speed-up: batched over the loop, best vs best.
+EOT grad l2p L=16     cuda  batched vs loop, back-to-back pairs: median speed-up 1.62x (range 1.55x to 1.70x)
+EOT grad l2p L=80     cuda  batched vs loop, back-to-back pairs: median speed-up 4.10x (range 3.90x to 4.25x)
+EOT grad pni-w L=16   cuda  batched vs loop, back-to-back pairs: median speed-up 0.98x (range 0.95x to 1.01x)
+3 passed, 10 deselected in 21.50s
 """  # noqa: E501
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
@@ -188,6 +200,8 @@ def _fake_commands(gc, step, paths):
     if step.name == "overhead":
         paths["overhead_json"].write_text(json.dumps(fake_benchmark_json()))
         return [run(cmds[0])]
+    if step.name == "eot":
+        return [run(cmds[0], output_tail=EOT_OUTPUT)]
     if step.name == "bandwidth":
         cuda_fail = "RuntimeError: fastnoise backend 'cuda' is not available"
         return [
@@ -220,6 +234,7 @@ def test_report_json_and_markdown_from_fake_step_results(gc, tmp_path):
         "tests": "failed",
         "graph": "timeout",
         "overhead": "done",
+        "eot": "done",
         "bandwidth": "failed",
         "l2p": "done",
     }
@@ -236,6 +251,7 @@ def test_report_json_and_markdown_from_fake_step_results(gc, tmp_path):
     assert "SAME noise every replay: triton" in graph and "capture failed: cuda" in graph
     assert steps["bandwidth"]["details"]["triton"]["rows"][1]["speedup"] == 3.46
     assert steps["l2p"]["details"]["speedup"] == 1.5
+    assert steps["eot"]["details"]["rows"][1]["median"] == 4.1
     assert [r["ratio"] for r in steps["overhead"]["details"]["median_ratios"]] == [1.5, 1.25]
 
     md = paths["markdown"].read_text()
@@ -243,13 +259,39 @@ def test_report_json_and_markdown_from_fake_step_results(gc, tmp_path):
     assert "driver 580.1; torch 2.11.0 (CUDA 13.0), triton 3.6.0" in md
     table = [line for line in md.splitlines() if line.startswith("| ")]
     assert table[0] == "| step | status | time | result |"
-    assert [row.split(" | ")[0][2:] for row in table[2:10]] == STEPS
+    assert [row.split(" | ")[0][2:] for row in table[2 : 2 + len(STEPS)]] == STEPS
     assert "| tests | failed | 2 s | 1 passed, 1 failed, 1 skipped |" in md
     assert "- `tests.test_triton::test_b`: AssertionError: noise differs" in md
     assert "| triton | yes | no | yes |" in md  # the graph table
     assert "| (128, 16, 32, 32) | inject fwd | 0.0130 | 0.0450 | 3.46x | 2581 | 92% |" in md
     assert "| fastnoise | 20.00 | 500.0 |" in md and "Speed-up: 1.50x." in md
+    assert "| EOT grad pni-w L=16 cuda | 0.98x | 0.95x | 1.01x |" in md
     assert "| cuda | pnil | fwd | no | auto | 20.00 | 30.00 | 1.50 | 1.50 |" in md
+
+
+def test_eot_step_parses_the_paired_speedup_lines(gc):
+    parsed = gc.parse_eot(EOT_OUTPUT)
+    assert parsed["header"].startswith("attack benchmarks: torch 2.11.0+cu130")
+    assert parsed["rows"] == [
+        {"workload": "EOT grad l2p L=16 cuda", "median": 1.62, "min": 1.55, "max": 1.7},
+        {"workload": "EOT grad l2p L=80 cuda", "median": 4.1, "min": 3.9, "max": 4.25},
+        {"workload": "EOT grad pni-w L=16 cuda", "median": 0.98, "min": 0.95, "max": 1.01},
+    ]
+    command = gc.CommandResult("pytest-benchmark", ["pytest"], 0, 30.0, output_tail=EOT_OUTPUT)
+    status, summary, details = gc.summarize_eot([command])
+    assert status == "done" and details == parsed
+    assert summary == (
+        "batched over the loop, median (range) of back-to-back pairs: "
+        "l2p L=16 cuda 1.62x (1.55x-1.70x), l2p L=80 cuda 4.10x (3.90x-4.25x), "
+        "pni-w L=16 cuda 0.98x (0.95x-1.01x)"
+    )
+
+
+def test_eot_step_without_cuda_cases_says_why(gc):
+    tail = "10 deselected in 0.50s\nno tests ran"
+    command = gc.CommandResult("pytest-benchmark", ["pytest"], 5, 3.0, output_tail=tail)
+    status, summary, details = gc.summarize_eot([command])
+    assert status == "failed" and details["rows"] == [] and summary == "no tests ran"
 
 
 def test_ratio_table_pairs_each_row_with_its_eager_row(tmp_path):
