@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from fastnoise import _validation as v
+from fastnoise.attacks.budget import fit_to_budget
 from fastnoise.attacks.eot import EOTResult, eot_evaluate, eot_gradient, rows_share_noise
 
 __all__ = ["Attack", "KINDS", "NORMS"]
@@ -124,7 +125,7 @@ class Attack:
         finally:
             for module, training in modes:
                 module.training = training
-        return x_adv.detach()
+        return fit_to_budget(x_adv.detach(), x, self.eps, self.norm)
 
     def __repr__(self) -> str:
         eot = f", eot={self.eot}" if self.eot > 1 else ""
