@@ -154,10 +154,8 @@ def random_start_nhwc_kernel(
     BLOCK_C: tl.constexpr,
 ):
     # channels_last tiles as fastnoise.kernels.noise_injection.noise_forward_nhwc_kernel.
-    hw, c, counters, sample = nhwc_tile(hw4, channels4, BLOCK_HW, BLOCK_C)
-    in_hw = hw < hw4 * 4
+    in_hw, memory, _, counters = nhwc_tile(hw4, channels4, BLOCK_HW, BLOCK_C)
     u = tl.trans(uniform_rows(seed_lo, seed_hi, offset + counters))
-    memory = sample + (hw[:, None] * (channels4 * 4) + c[None, :])
     x = tl.load(x_ptr + memory, mask=in_hw[:, None]).to(COMPUTE_DTYPE)
     # x + eps * (2u - 1) in the fmas of the contiguous kernel.
     step = (2.0 * u - 1.0).to(COMPUTE_DTYPE)

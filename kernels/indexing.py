@@ -46,10 +46,12 @@ def nhwc_tile(hw4, channels4, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
     Grid (N * cdiv(H*W, BLOCK_HW), C // BLOCK_C). ``hw4 = H*W // 4`` and ``channels4 =
     C // 4`` are passed divided so the compiler knows both are multiples of 4: each pixel's
     BLOCK_C channels are then 16-byte aligned (fp32) and move in vector accesses.
-    Returns ``hw`` (BLOCK_HW,), ``c`` (BLOCK_C,), the Philox counters of the logical tile
-    (BLOCK_C, BLOCK_HW // 4) relative to the call's offset (logical element (n, c, hw) is
-    n*C*HW + c*HW + hw, so hw .. hw + 3 share a counter) and the sample's first element
-    ``n * C * H * W`` (int64).
+    Returns ``in_hw`` (BLOCK_HW,) masking the pixels past H*W (only the last hw block of a
+    sample has any), ``memory`` (BLOCK_HW, BLOCK_C) the tile's element offsets (channels
+    contiguous), ``logical`` (BLOCK_C, BLOCK_HW) the same features' offsets within one
+    sample in logical (c, hw) order (the per-feature parameters), and the Philox counters
+    of the logical tile (BLOCK_C, BLOCK_HW // 4) relative to the call's offset (logical
+    element (n, c, hw) is n*C*HW + c*HW + hw, so hw .. hw + 3 share a counter).
     """
     hw_blocks = (hw4 * 4 + BLOCK_HW - 1) // BLOCK_HW  # not tl.cdiv: see fastnoise.kernels
     pid = tl.program_id(0)
@@ -60,7 +62,9 @@ def nhwc_tile(hw4, channels4, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
     sample_counter = n * channels4 * hw4 * 4  # (n * C * H * W) // 4
     quads = hw_start // 4 + tl.arange(0, BLOCK_HW // 4)
     counters = sample_counter + (c[:, None] * hw4 + quads[None, :])
-    return hw, c, counters, sample_counter * 4
+    memory = sample_counter * 4 + (hw[:, None] * (channels4 * 4) + c[None, :])
+    logical = c[:, None] * (hw4 * 4) + hw[None, :]
+    return hw < hw4 * 4, memory, logical, counters
 
 
 @triton.jit

@@ -93,12 +93,9 @@ def noise_forward_nhwc_kernel(
     # channels_last with H*W % 4 == C % 4 == 0: z and sigma in a logical (c, hw) tile (4
     # lanes of a counter side by side, sigma contiguous), x and y in the transposed memory
     # (hw, c) tile, channels contiguous. tl.trans is a shared-memory transpose on the GPU.
-    hw, c, counters, sample = nhwc_tile(hw4, channels4, BLOCK_HW, BLOCK_C)
-    hw_size = hw4 * 4
-    in_hw = hw < hw_size  # only the last hw block of a sample is partly outside
+    in_hw, memory, logical, counters = nhwc_tile(hw4, channels4, BLOCK_HW, BLOCK_C)
     z = tl.trans(normal_rows(seed_lo, seed_hi, offset + counters)).to(COMPUTE_DTYPE)
-    sigma = tl.trans(tl.load(sigma_ptr + (c[:, None] * hw_size + hw[None, :]), mask=in_hw[None, :]))
-    memory = sample + (hw[:, None] * (channels4 * 4) + c[None, :])
+    sigma = tl.trans(tl.load(sigma_ptr + logical, mask=in_hw[None, :]))
     x = tl.load(x_ptr + memory, mask=in_hw[:, None]).to(COMPUTE_DTYPE)
     # x + sigma * z as the contiguous kernel compiles it (one fma): the transposes would
     # otherwise split the multiply from the add, a 1-ulp difference between layouts.

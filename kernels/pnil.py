@@ -93,14 +93,10 @@ def pnil_forward_nhwc_kernel(
 ):
     # channels_last tiles as noise_forward_nhwc_kernel: z, W and B transposed from logical
     # (c, hw) tiles, x and y in (hw, c) tiles with the channels contiguous.
-    hw, c, counters, sample = nhwc_tile(hw4, channels4, BLOCK_HW, BLOCK_C)
-    hw_size = hw4 * 4
-    in_hw = hw < hw_size
+    in_hw, memory, logical, counters = nhwc_tile(hw4, channels4, BLOCK_HW, BLOCK_C)
     z = tl.trans(normal_rows(seed_lo, seed_hi, offset + counters)).to(COMPUTE_DTYPE)
-    feature = c[:, None] * hw_size + hw[None, :]
-    weight = tl.trans(tl.load(weight_ptr + feature, mask=in_hw[None, :]))
-    bias = tl.trans(tl.load(bias_ptr + feature, mask=in_hw[None, :]))
-    memory = sample + (hw[:, None] * (channels4 * 4) + c[None, :])
+    weight = tl.trans(tl.load(weight_ptr + logical, mask=in_hw[None, :]))
+    bias = tl.trans(tl.load(bias_ptr + logical, mask=in_hw[None, :]))
     x = tl.load(x_ptr + memory, mask=in_hw[:, None]).to(COMPUTE_DTYPE)
     # Eq. (2)-(3) in the fmas the contiguous kernel compiles to (same bits either layout).
     y = tl.fma(z, tl.exp(tl.fma(x, weight, bias) * 0.5), x)
