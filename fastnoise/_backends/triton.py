@@ -196,27 +196,36 @@ def noise_forward(x: torch.Tensor, sigma: torch.Tensor, seed: int, offset: int) 
     y = torch.empty_like(x)
     if x.numel() == 0:
         return y
-    _, features = _rows_features(x)
     sigma_f = _per_feature(sigma, x.shape[1:], _compute_torch_dtype(x.dtype))
+    kernels = (noise_injection.noise_forward_kernel, noise_injection.noise_forward_nhwc_kernel)
+    _launch_elementwise(launch, kernels, x, (sigma_f,), y, layout, seed, offset)
+    return y
+
+
+def _launch_elementwise(launch, kernels, x, params, y, layout, seed: int, offset: int) -> None:
+    """One noise pass over ``x`` into ``y``: ``kernels`` = (flat, channels_last tiles),
+    each called as ``kernel(x, *params, y, <shape>, seed_lo, seed_hi, offset, ...)``.
+    The tiles when ``x``'s layout allows them (see _nhwc_tiles), else flat blocks."""
+    flat_kernel, nhwc_kernel = kernels
+    _, features = _rows_features(x)
     seed_lo, seed_hi = launch.split_seed(seed)
+    compute = launch.compute_dtype(x.dtype)
     tiles = _nhwc_tiles(x, layout, launch)
     if tiles is not None:
         _launch(
-            noise_injection.noise_forward_nhwc_kernel, tiles["grid"], x.device,
-            x, sigma_f, y, *tiles["args"], seed_lo, seed_hi, offset,
-            COMPUTE_DTYPE=launch.compute_dtype(x.dtype), **tiles["kwargs"],
+            nhwc_kernel, tiles["grid"], x.device,
+            x, *params, y, *tiles["args"], seed_lo, seed_hi, offset,
+            COMPUTE_DTYPE=compute, **tiles["kwargs"],
         )  # fmt: skip
-        return y
+        return
     block = launch.elementwise_block(x.numel())
-    grid = (math.ceil(x.numel() / block),)
     _launch(
-        noise_injection.noise_forward_kernel, grid, x.device,
-        x, sigma_f, y, x.numel(), features, layout["hw"], layout["channels"],
+        flat_kernel, (math.ceil(x.numel() / block),), x.device,
+        x, *params, y, x.numel(), features, layout["hw"], layout["channels"],
         seed_lo, seed_hi, offset, TAIL=x.numel() % block != 0,
-        CHANNELS_LAST=layout["CHANNELS_LAST"], COMPUTE_DTYPE=launch.compute_dtype(x.dtype),
+        CHANNELS_LAST=layout["CHANNELS_LAST"], COMPUTE_DTYPE=compute,
         BLOCK=block, num_warps=launch.num_warps(),
     )  # fmt: skip
-    return y
 
 
 def noise_backward_sigma(
@@ -267,28 +276,10 @@ def pnil_forward(
     y = torch.empty_like(x)
     if x.numel() == 0:
         return y
-    _, features = _rows_features(x)
     compute = _compute_torch_dtype(x.dtype)
-    weight_f = _per_feature(weight, x.shape[1:], compute)
-    bias_f = _per_feature(bias, x.shape[1:], compute)
-    seed_lo, seed_hi = launch.split_seed(seed)
-    tiles = _nhwc_tiles(x, layout, launch)
-    if tiles is not None:
-        _launch(
-            pnil.pnil_forward_nhwc_kernel, tiles["grid"], x.device,
-            x, weight_f, bias_f, y, *tiles["args"], seed_lo, seed_hi, offset,
-            COMPUTE_DTYPE=launch.compute_dtype(x.dtype), **tiles["kwargs"],
-        )  # fmt: skip
-        return y
-    block = launch.elementwise_block(x.numel())
-    grid = (math.ceil(x.numel() / block),)
-    _launch(
-        pnil.pnil_forward_kernel, grid, x.device,
-        x, weight_f, bias_f, y, x.numel(), features, layout["hw"], layout["channels"],
-        seed_lo, seed_hi, offset, TAIL=x.numel() % block != 0,
-        CHANNELS_LAST=layout["CHANNELS_LAST"], COMPUTE_DTYPE=launch.compute_dtype(x.dtype),
-        BLOCK=block, num_warps=launch.num_warps(),
-    )  # fmt: skip
+    params = (_per_feature(weight, x.shape[1:], compute), _per_feature(bias, x.shape[1:], compute))
+    kernels = (pnil.pnil_forward_kernel, pnil.pnil_forward_nhwc_kernel)
+    _launch_elementwise(launch, kernels, x, params, y, layout, seed, offset)
     return y
 
 
