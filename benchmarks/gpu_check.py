@@ -8,7 +8,7 @@ budget (``--budget``) sized for 8 minutes of one H100.
 
 Steps, in order (``env`` and ``setup`` always run: the others need them):
 
-  env        device, driver, torch / triton / CUDA / Python versions, commit
+  env        device, driver, torch / triton / CUDA / Python versions, commit, tree hash
   setup      makes ``import fastnoise`` work from this checkout (pip install -e, offline)
   extension  builds / loads the C++/CUDA extension and lists the backends
   tests      pytest on the GPU tests of tests/ (Triton on CUDA, the CUDA kernels, ...)
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import importlib.util
 import json
 import os
@@ -654,7 +655,9 @@ def render_markdown(report: dict) -> str:
             f"{gpu}; torch {v.get('torch', '?')} (CUDA {v.get('torch_cuda', '?')}), "
             f"triton {v.get('triton', '?')}, nvcc {v.get('nvcc', '?')}, "
             f"Python {v.get('python', '?')}; {v.get('cpu_count', '?')} CPUs; "
-            f"commit {v.get('commit', '?')}. All steps took {report.get('seconds', 0):.0f} s."
+            f"commit {v.get('commit', '?')} (git there; tree hash {v.get('tree', '?')}, "
+            "compare `gpu_check.py --tree-hash` here). "
+            f"All steps took {report.get('seconds', 0):.0f} s."
         )
         lines.append("")
     lines += ["| step | status | time | result |", "| --- | --- | ---: | --- |"]
@@ -864,11 +867,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run the GPU steps without a GPU (to try the script itself)",
     )
+    parser.add_argument(
+        "--tree-hash",
+        action="store_true",
+        help="print the source tree's fingerprint (as the env step records it) and exit",
+    )
     # Internal: one check run in a child process (so a crash or hang costs one step).
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--graph-backend", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--graph-compiled", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.tree_hash:
+        print(tree_fingerprint())
+        return 0
     if args.worker:
         return run_worker(args)
 
@@ -953,7 +964,31 @@ def worker_env() -> dict:
         info["commit"] = commit + (" (uncommitted changes)" if dirty else "")
     else:
         info["commit"] = "unknown (no git here)"
+    info["tree"] = tree_fingerprint()
     return info
+
+
+# What the tree fingerprint covers: the sources that decide what runs, not build outputs.
+TREE_FOLDERS = ("fastnoise", "kernels", "csrc", "benchmarks", "tests")
+TREE_FILES = ("setup.py", "pyproject.toml")
+TREE_SUFFIXES = (".py", ".cpp", ".cu", ".cuh", ".h")
+
+
+def tree_fingerprint(root: Path = REPO) -> str:
+    """A short hash of the source files under ``root`` (paths and contents).
+
+    The lent GPU gets a copy of the working tree whose ``.git`` may be an older one, so
+    ``git rev-parse`` there named a stale commit (both GPU runs of 2026-11-27 recorded
+    37d4a53). ``--tree-hash`` prints the same hash here, so a report can be matched to the
+    tree that produced it."""
+    digest = hashlib.sha256()
+    paths = [root / name for name in TREE_FILES if (root / name).is_file()]
+    for folder in TREE_FOLDERS:
+        paths += [p for p in (root / folder).rglob("*") if p.suffix in TREE_SUFFIXES]
+    for path in sorted(p for p in paths if "__pycache__" not in p.parts and p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
 
 
 def worker_setup() -> dict:

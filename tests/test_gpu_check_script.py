@@ -309,3 +309,26 @@ def test_ratio_table_pairs_each_row_with_its_eager_row(tmp_path):
     assert ratio_table.main([str(source), "--out", str(tmp_path / "t.md")]) == 0
     assert (tmp_path / "t.md").read_text() == md
     assert ratio_table.main([str(tmp_path / "missing.json")]) == 2
+
+
+def test_tree_hash_follows_sources_not_build_outputs(gc, tmp_path):
+    """The env step's tree hash (the device's .git may be stale) changes with a source
+    file and ignores caches and build outputs; --tree-hash prints the one of this tree."""
+    (tmp_path / "fastnoise").mkdir()
+    (tmp_path / "csrc").mkdir()
+    (tmp_path / "fastnoise" / "a.py").write_text("x = 1\n")
+    (tmp_path / "csrc" / "k.cu").write_text("// kernel\n")
+    (tmp_path / "setup.py").write_text("# setup\n")
+    first = gc.tree_fingerprint(tmp_path)
+    (tmp_path / "fastnoise" / "__pycache__").mkdir()
+    (tmp_path / "fastnoise" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")
+    (tmp_path / "fastnoise" / "_C.so").write_bytes(b"\0")
+    (tmp_path / "notes.txt").write_text("not a source\n")
+    assert gc.tree_fingerprint(tmp_path) == first
+    (tmp_path / "csrc" / "k.cu").write_text("// kernel, changed\n")
+    assert gc.tree_fingerprint(tmp_path) != first
+    printed = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tree-hash"], capture_output=True, text=True, timeout=60
+    )
+    assert printed.returncode == 0
+    assert printed.stdout.strip() == gc.tree_fingerprint(REPO_ROOT)
