@@ -181,6 +181,10 @@ void check_param(const Tensor& p, const char* name, const Tensor& x) {
   }
 }
 
+// A tensor whose values cannot be read on the host: a FakeTensor (torch.compile's tracing,
+// opcheck) or another Python subclass. Data-dependent checks and shortcuts skip it.
+bool has_no_data(const Tensor& t) { return t.key_set().has(c10::DispatchKey::Python); }
+
 template <typename T>
 bool all_non_negative(const T* p, int64_t n) {
   bool ok = true;
@@ -193,7 +197,7 @@ bool all_non_negative(const T* p, int64_t n) {
 // launches nothing more (a separate ge/all/_assert_async was three more launches, most of
 // a small call's cost); another accelerator gets an async assert.
 void check_non_negative(const Tensor& t, const char* name) {
-  if (t.numel() == 0 || t.is_meta() || t.is_cuda()) return;
+  if (t.numel() == 0 || t.is_meta() || t.is_cuda() || has_no_data(t)) return;
   if (t.is_cpu()) {
     bool ok;
     if (t.is_contiguous() && t.scalar_type() == at::kFloat) {
@@ -256,7 +260,9 @@ bool all_positive(const T* p, int64_t n) {
 // backward's sign product, a third of a small call's cost. Zero entries keep the abs
 // path, where sgn(0) = 0 makes their gradient 0.
 bool known_positive(const Tensor& sigma) {
-  if (!sigma.is_cpu() || !sigma.is_contiguous() || sigma.numel() == 0) return false;
+  if (!sigma.is_cpu() || !sigma.is_contiguous() || sigma.numel() == 0 || has_no_data(sigma)) {
+    return false;
+  }
   if (sigma.scalar_type() == at::kFloat) {
     return all_positive(sigma.const_data_ptr<float>(), sigma.numel());
   }
