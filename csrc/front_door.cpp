@@ -186,10 +186,27 @@ void check_param(const Tensor& p, const char* name, const Tensor& x) {
 bool has_no_data(const Tensor& t) { return t.key_set().has(c10::DispatchKey::Python); }
 
 template <typename T>
-bool all_non_negative(const T* p, int64_t n) {
-  bool ok = true;
-  for (int64_t i = 0; i < n; ++i) ok &= p[i] >= T(0);  // NaN >= 0 is false
+bool all_above_zero(const T* p, int64_t n, bool strict) {
+  bool ok = true;  // NaN compares false either way
+  if (strict) {
+    for (int64_t i = 0; i < n; ++i) ok &= p[i] > T(0);
+  } else {
+    for (int64_t i = 0; i < n; ++i) ok &= p[i] >= T(0);
+  }
   return ok;
+}
+
+// Whether every entry of t is >= 0 (> 0 when `strict`), read in place on the host: for a
+// contiguous float32/float64 CPU tensor (parameters), else nullopt (the caller decides).
+std::optional<bool> read_all_above_zero(const Tensor& t, bool strict) {
+  if (!t.is_cpu() || !t.is_contiguous() || has_no_data(t)) return std::nullopt;
+  if (t.scalar_type() == at::kFloat) {
+    return all_above_zero(t.const_data_ptr<float>(), t.numel(), strict);
+  }
+  if (t.scalar_type() == at::kDouble) {
+    return all_above_zero(t.const_data_ptr<double>(), t.numel(), strict);
+  }
+  return std::nullopt;
 }
 
 // On the CPU a parameter-sized loop raises at once. On CUDA the forward kernel asserts it
@@ -199,14 +216,8 @@ bool all_non_negative(const T* p, int64_t n) {
 void check_non_negative(const Tensor& t, const char* name) {
   if (t.numel() == 0 || t.is_meta() || t.is_cuda() || has_no_data(t)) return;
   if (t.is_cpu()) {
-    bool ok;
-    if (t.is_contiguous() && t.scalar_type() == at::kFloat) {
-      ok = all_non_negative(t.const_data_ptr<float>(), t.numel());
-    } else if (t.is_contiguous() && t.scalar_type() == at::kDouble) {
-      ok = all_non_negative(t.const_data_ptr<double>(), t.numel());
-    } else {
-      ok = at::all(t.ge(0)).item<bool>();
-    }
+    const std::optional<bool> read = read_all_above_zero(t, /*strict=*/false);
+    const bool ok = read.has_value() ? *read : at::all(t.ge(0)).item<bool>();
     TORCH_CHECK_VALUE(ok, name, " must be non-negative and not NaN (min ",
                       t.min().item<double>(), ")");
   } else {
@@ -247,29 +258,13 @@ Tensor magnitude_of(const Tensor& sigma) {
   return magnitude;
 }
 
-template <typename T>
-bool all_positive(const T* p, int64_t n) {
-  bool ok = true;
-  for (int64_t i = 0; i < n; ++i) ok &= p[i] > T(0);  // NaN > 0 is false
-  return ok;
-}
-
 // Whether |sigma| == sigma with d|sigma|/dsigma == 1 everywhere (every entry > 0), known
 // cheaply: a CPU parameter, read in place. The usual case, since the layers clamp theta
 // to theta_min > 0 after each step; inject_noise.abs then skips the abs copy and the
 // backward's sign product, a third of a small call's cost. Zero entries keep the abs
 // path, where sgn(0) = 0 makes their gradient 0.
 bool known_positive(const Tensor& sigma) {
-  if (!sigma.is_cpu() || !sigma.is_contiguous() || sigma.numel() == 0 || has_no_data(sigma)) {
-    return false;
-  }
-  if (sigma.scalar_type() == at::kFloat) {
-    return all_positive(sigma.const_data_ptr<float>(), sigma.numel());
-  }
-  if (sigma.scalar_type() == at::kDouble) {
-    return all_positive(sigma.const_data_ptr<double>(), sigma.numel());
-  }
-  return false;
+  return sigma.numel() > 0 && read_all_above_zero(sigma, /*strict=*/true).value_or(false);
 }
 
 // y = x + s * z with s = sigma, or |sigma| when `magnitude` (inject_noise.abs; then
