@@ -60,7 +60,7 @@ def _extension_modules() -> dict:
         os.environ["TORCH_CUDA_ARCH_LIST"] = rules.cuda_arch_list(ahead_of_time=True)
         compile_args["nvcc"] = rules.CUDA_CFLAGS
     extension = kind(
-        "fastnoise._C", sources, extra_compile_args=compile_args, extra_link_args=rules.LDFLAGS
+        "fastnoise._C", sources, extra_compile_args=compile_args, extra_link_args=rules.link_flags()
     )
     return {"ext_modules": [extension], "cmdclass": {"build_ext": BuildExtension}}
 

@@ -76,6 +76,9 @@ class Command:
     label: str
     argv: list[str]
     timeout_s: float
+    # Output kept for parsing and the JSON; the bandwidth table is ~4.5 KB, and a 3 KB
+    # tail lost its header and first shape (GPU run 3).
+    tail_chars: int = TAIL_CHARS
 
 
 @dataclass
@@ -197,7 +200,7 @@ def build_plan(out: Path) -> list[Step]:
             "bandwidth",
             "fused vs eager, GB/s against a device-to-device copy (benchmarks/gpu_bandwidth.py)",
             [
-                Command(b, [py, str(HERE / "gpu_bandwidth.py"), "--backend", b], 75)
+                Command(b, [py, str(HERE / "gpu_bandwidth.py"), "--backend", b], 75, 4 * TAIL_CHARS)
                 for b in ("triton", "cuda")
             ],
         ),
@@ -292,7 +295,7 @@ def run_command(command: Command, timeout_s: float, log) -> CommandResult:
     log.write(f"===== exit {result.returncode} after {result.seconds:.1f} s")
     log.write(" (timed out)\n" if result.timed_out else "\n")
     log.flush()
-    result.output_tail = text[-TAIL_CHARS:]
+    result.output_tail = text[-command.tail_chars :]
     for line in reversed(text.splitlines()):
         if line.startswith(MARKER):
             try:

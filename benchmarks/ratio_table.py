@@ -44,6 +44,13 @@ def _pairs(benchmarks: list[dict]) -> tuple[list[tuple[dict, dict]], list[str]]:
     return pairs, unpaired
 
 
+def _per_call(bench: dict) -> dict:
+    """The row's stats per call: a round of ``calls_per_round`` calls (the CUDA overhead
+    rows) divided by that count; ratios are unchanged."""
+    calls = bench.get("extra_info", {}).get("calls_per_round", 1)
+    return {k: bench["stats"][k] / calls for k in ("min", "median") if k in bench["stats"]}
+
+
 def _time_unit(seconds: list[float]) -> tuple[str, float]:
     if not seconds or max(seconds) < 1e-3:
         return "µs", 1e6
@@ -81,7 +88,7 @@ def markdown(data: dict) -> str:
     pairs, unpaired = _pairs(data.get("benchmarks", []))
     if not pairs:
         return "No fastnoise row with an eager row in the same group: nothing to compare.\n"
-    unit, scale = _time_unit([b["stats"]["median"] for pair in pairs for b in pair])
+    unit, scale = _time_unit([_per_call(b)["median"] for pair in pairs for b in pair])
     # The overhead benchmark records op/passes/compiled: one column each. Other files
     # give only a group name, which already says op, mode and shape.
     detailed = all({"op", "passes", "compiled"} <= set(b["extra_info"]) for _, b in pairs)
@@ -100,7 +107,7 @@ def markdown(data: dict) -> str:
             cells = [info["op"], info["passes"], "yes" if info["compiled"] else "no"]
         else:
             cells = [fast.get("group") or fast["name"]]
-        b, f = base["stats"], fast["stats"]
+        b, f = _per_call(base), _per_call(fast)
         lines.append(
             f"| {info.get('device', '?')} | "
             + " | ".join(str(c) for c in cells)

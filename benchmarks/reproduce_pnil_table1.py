@@ -222,9 +222,11 @@ def render(args, rows: list[dict], total: float) -> str:
         "python benchmarks/reproduce_pnil_table1.py "
         f"--datasets {' '.join(args.datasets)} --seeds {' '.join(map(str, args.seeds))} "
         f"--epochs {args.epochs} --train-limit {args.train_limit} --holdout {args.holdout} "
-        f"--pgd-samples {args.pgd_samples} --spsa-samples {args.spsa_samples} "
-        f"--spsa-steps {args.spsa_steps} --spsa-batch {args.spsa_batch}"
+        f"--pgd-samples {args.pgd_samples} --spsa-samples {args.spsa_samples}"
     )
+    if not (args.protocol and set(args.seeds) <= set(args.full_spsa_seeds)):
+        # (every seed at the protocol's budget: these two would be unused, and misread)
+        command += f" --spsa-steps {args.spsa_steps} --spsa-batch {args.spsa_batch}"
     if args.patience is not None:
         command += f" --patience {args.patience}"
     if args.protocol:

@@ -130,10 +130,38 @@ def cuda_arch_list(ahead_of_time: bool = False) -> str:
     return JIT_CUDA_ARCH_WITHOUT_GPU
 
 
+def _loaded_libstdcxx() -> str | None:
+    """The shared libstdc++ this process runs (torch loaded it), from /proc/self/maps;
+    None where there is no such file (not Linux, or a static build)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and "/libstdc++.so" in fields[5]:
+                    path = fields[5].strip()
+                    if os.path.isfile(path):
+                        return path
+    except OSError:
+        pass
+    return None
+
+
+def link_flags() -> list[str]:
+    """:data:`LDFLAGS` plus the process's own libstdc++.so, named on the link line.
+
+    Why: a compiler whose library directory has only a static libstdc++.a (the GPU
+    machine's /opt/gcc, whose libstdc++.so is a dangling link) otherwise links a private
+    copy of libstdc++ into the extension. That copy's locale is never initialised, so a
+    number formatted into an error message is dropped, or segfaults (GPU run 3, H200).
+    Named first, the shared library resolves every std:: symbol, so nothing is copied."""
+    libstdcxx = _loaded_libstdcxx()
+    return LDFLAGS + ([libstdcxx] if libstdcxx else [])
+
+
 def _build_hash(sources: list[Path], with_cuda: bool) -> str:
     digest = hashlib.sha256()
     digest.update(torch.__version__.encode())
-    digest.update(repr((CPU_CFLAGS, CUDA_CFLAGS, LDFLAGS, with_cuda)).encode())
+    digest.update(repr((CPU_CFLAGS, CUDA_CFLAGS, link_flags(), with_cuda)).encode())
     if with_cuda:
         digest.update(cuda_arch_list().encode())
     root = _csrc_dir()
@@ -199,7 +227,7 @@ def _jit_build() -> str:
             sources=[str(s) for s in sources],
             extra_cflags=CPU_CFLAGS,
             extra_cuda_cflags=CUDA_CFLAGS,
-            extra_ldflags=LDFLAGS,
+            extra_ldflags=link_flags(),
             build_directory=str(directory),
             with_cuda=with_cuda,
             is_python_module=False,

@@ -5,6 +5,7 @@ keeps working)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -180,3 +181,78 @@ def test_second_process_loads_the_cached_build_without_ninja():
         timeout=300,
     )
     assert out.strip().split(":")[0] in ("jit-cached", "aot"), out
+
+
+PROBE_SOURCE = """
+#include <torch/library.h>
+int64_t checked(int64_t v) { TORCH_CHECK_VALUE(v >= 0, "v must be >= 0, got ", v); return v; }
+TORCH_LIBRARY(fastnoise_link_probe, m) { m.def("checked(int v) -> int", &checked); }
+"""
+
+
+def _static_libstdcxx_compiler(tmp_path: Path) -> Path | None:
+    """A g++ wrapper whose own library directory (-B) holds libstdc++.a and a dangling
+    libstdc++.so link, as the GPU machine's /opt/gcc does; None without a static
+    libstdc++ to point at."""
+    gxx = shutil.which("g++")
+    if gxx is None or not sys.platform.startswith("linux"):
+        return None
+    static = subprocess.run([gxx, "-print-file-name=libstdc++.a"], capture_output=True, text=True)
+    archive = Path(static.stdout.strip())
+    if not archive.is_absolute() or not archive.is_file():
+        return None
+    libs = tmp_path / "lib"
+    libs.mkdir()
+    (libs / "libstdc++.a").symlink_to(archive)
+    (libs / "libstdc++.so").symlink_to("../../../x86_64-linux-gnu/libstdc++.so.6")  # dangling
+    wrapper = tmp_path / "g++"
+    wrapper.write_text(f'#!/bin/sh\nexec {gxx} -B{libs}/ "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def test_link_flags_keep_libstdcxx_shared_under_a_static_only_compiler(tmp_path):
+    """GPU run 3 (H200): the JIT build there linked libstdc++ statically, and the first
+    int64 formatted into a TORCH_CHECK message segfaulted. Under such a compiler, a probe
+    extension linked with link_flags() must depend on the shared libstdc++ and print the
+    number. Linked with LDFLAGS alone, the probe must carry its own libstdc++ (so the
+    wrapper still recreates that build; its message then loses the number here, and the
+    H200 crashed, so that run's exit status and message are not checked)."""
+    compiler = _static_libstdcxx_compiler(tmp_path)
+    if compiler is None:
+        pytest.skip("needs g++ with a static libstdc++.a on Linux")
+    assert _extension._loaded_libstdcxx() in _extension.link_flags()
+    source = tmp_path / "probe.cpp"
+    source.write_text(PROBE_SOURCE)
+    code = """
+        import subprocess, sys, torch
+        from torch.utils import cpp_extension
+        from fastnoise import _extension
+        flags = _extension.link_flags() if sys.argv[1] == "fixed" else _extension.LDFLAGS
+        cpp_extension.load(name="fastnoise_link_probe", sources=[sys.argv[2]],
+            build_directory=sys.argv[3], extra_ldflags=flags, is_python_module=False)
+        needed = subprocess.run(["ldd", sys.argv[3] + "/fastnoise_link_probe.so"],
+            capture_output=True, text=True).stdout
+        print("shared-libstdc++" if "libstdc++" in needed else "static-libstdc++", flush=True)
+        try:
+            torch.ops.fastnoise_link_probe.checked(-7)
+        except ValueError as error:
+            print("message:", str(error).splitlines()[0])
+    """
+    outputs = {}
+    for variant in ("fixed", "plain"):
+        build = tmp_path / variant
+        build.mkdir()
+        result = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code), variant, str(source), str(build)],
+            env={**os.environ, "CXX": str(compiler)},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if variant == "fixed":
+            assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+        outputs[variant] = result.stdout + result.stderr[-3000:]
+    assert "shared-libstdc++" in outputs["fixed"], outputs["fixed"]
+    assert "message: v must be >= 0, got -7" in outputs["fixed"], outputs["fixed"]
+    assert "static-libstdc++" in outputs["plain"], outputs["plain"]

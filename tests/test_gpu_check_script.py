@@ -332,3 +332,38 @@ def test_tree_hash_follows_sources_not_build_outputs(gc, tmp_path):
     )
     assert printed.returncode == 0
     assert printed.stdout.strip() == gc.tree_fingerprint(REPO_ROOT)
+
+
+def test_bandwidth_table_is_parsed_whole_from_a_long_output(gc, tmp_path):
+    """GPU run 3: the bandwidth table (42 rows, ~4.5 KB) was parsed from a 3 KB output tail,
+    so the report lost its header line and the first shape's rows."""
+    header = "# NVIDIA H200 | torch 2.11.0+cu130 | backend cuda | float32"
+    rows = [
+        f"(128, {c}, 32, 32)     {op:<18}  0.0151    0.0253     1.67x     1108     60%"
+        for c in range(1, 8)
+        for op in ("d2d copy", "inject fwd", "inject fwd+bwd", "pnil fwd", "pnil fwd+bwd", "pgd")
+    ]
+    table = tmp_path / "table.txt"
+    table.write_text("\n".join([header, "shape  op  fused ms", *rows]) + "\n")
+    assert len(table.read_text()) > gc.TAIL_CHARS
+    plan = {s.name: s for s in gc.build_plan(tmp_path / "r.json")}
+    bandwidth = plan["bandwidth"].commands[0]
+    command = gc.Command("cuda", ["cat", str(table)], 30, bandwidth.tail_chars)
+    with open(tmp_path / "log", "w") as log:
+        result = gc.run_command(command, 30, log)
+    _, _, details = gc.summarize_bandwidth([result])
+    assert details["cuda"]["header"] == header[2:]
+    assert len(details["cuda"]["rows"]) == len(rows)
+
+
+def test_ratio_table_reports_per_call_times_of_multi_call_rounds():
+    """The CUDA overhead rows time 8 calls per round: the table divides the round by the
+    ``calls_per_round`` it records, and the ratios stay the rounds' ratios."""
+    ratio_table = _load("ratio_table")
+    data = fake_benchmark_json()
+    for bench in data["benchmarks"][:3]:
+        bench["stats"] = {k: 8 * v for k, v in bench["stats"].items()}
+        bench["extra_info"]["calls_per_round"] = 8
+    lines = ratio_table.markdown(data).splitlines()
+    assert lines[4] == "| cuda | pnil | fwd | no | auto | 20.00 | 30.00 | 1.50 | 1.50 |"
+    assert lines[5] == "| cuda | pnil | fwd | no | triton | 20.00 | 25.00 | 1.25 | 1.50 |"

@@ -55,3 +55,12 @@ def test_table_gives_mean_and_std_over_seeds_and_each_seeds_budget():
     )
     assert "| 100 x 2048 |" in text and "| 5 x 16 |" in text
     assert "--patience 3 --protocol pnil --full-spsa-seeds 0" in text
+
+
+def test_command_line_names_the_spsa_budget_only_where_a_seed_uses_it():
+    """GPU run 3's header printed --spsa-steps 10 --spsa-batch 128 (the defaults) although
+    --full-spsa-seeds gave every seed the protocol's 100 x 2048."""
+    seeds = ["--protocol", "pnil", "--seeds", "0", "1", "--full-spsa-seeds"]
+    every, some = script.parse_args([*seeds, "0", "1"]), script.parse_args([*seeds, "0"])
+    assert "--spsa-batch" not in script.render(every, [], 1.0).splitlines()[2]
+    assert "--spsa-steps 10 --spsa-batch 128" in script.render(some, [], 1.0).splitlines()[2]
