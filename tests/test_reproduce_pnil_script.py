@@ -64,3 +64,22 @@ def test_command_line_names_the_spsa_budget_only_where_a_seed_uses_it():
     every, some = script.parse_args([*seeds, "0", "1"]), script.parse_args([*seeds, "0"])
     assert "--spsa-batch" not in script.render(every, [], 1.0).splitlines()[2]
     assert "--spsa-steps 10 --spsa-batch 128" in script.render(some, [], 1.0).splitlines()[2]
+
+
+def test_table_shows_pgd_on_the_spsa_images_where_rows_have_it():
+    """SPSA against PGD on the same images: a column of its own; rows written before it
+    existed show '-', and so does a mean over seeds that lack it."""
+    args = script.parse_args([*ARGS, "--datasets", "fashion-mnist"])
+    base = dict(dataset="fashion-mnist", pnil=True, epochs_run=9, best_epoch=6, pgd_eot=100,
+                spsa_passes=1000, t_train=1.0, t_pgd=1.0, t_spsa=1.0, clean=90.0, spsa=80.0,
+                pgd=70.0, min=70.0, spsa_budget="5 x 16")  # fmt: skip
+    both = [
+        {**base, "seed": 0, "pgd_spsa_images": 81.0},
+        {**base, "seed": 1, "pgd_spsa_images": 85.0},
+    ]
+    text = script.render(args, both, 1.0)
+    assert "| 70.0 ± 0.0 | 70.0 ± 0.0 | 83.0 ± 2.8 | 82/78/67/67 |" in text
+    assert text.rstrip().endswith("| 1 | 1 | 1 | 85.0 |")
+    text = script.render(args, [both[0], {**base, "seed": 1}], 1.0)
+    assert "| 70.0 ± 0.0 | 70.0 ± 0.0 | - | 82/78/67/67 |" in text
+    assert text.rstrip().endswith("| 1 | 1 | 1 | - |")
