@@ -605,6 +605,49 @@ Tensor inject_noise_state_autograd(const Tensor& x, const Tensor& sigma,
   return NoiseInjectionState::apply(x, sigma, rng_state);
 }
 
+// x + |sigma| * z (PerturbationInjection's op under torch.compile): the abs, and the
+// backward's sign product, inside the ops, skipped where every entry is known > 0.
+Tensor inject_noise_abs_state_plain(const Tensor& x, const Tensor& sigma,
+                                    const Tensor& rng_state) {
+  return inject_noise_state_plain(x, known_positive(sigma) ? sigma : magnitude_of(sigma),
+                                  rng_state);
+}
+
+Tensor noise_backward_sigma_abs_state(const Tensor& grad_y, const Tensor& sigma,
+                                      const Tensor& rng_state) {
+  Tensor grad_sigma = noise_backward_sigma_state(grad_y, sigma, rng_state);
+  if (!known_positive(sigma)) grad_sigma.mul_(sigma.sgn());  // d|sigma|/dsigma, 0 at 0
+  return grad_sigma;
+}
+
+class NoiseInjectionAbsState : public torch::autograd::Function<NoiseInjectionAbsState> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& sigma,
+                        const Tensor& rng_state) {
+    static const auto op = overload<Tensor(const Tensor&, const Tensor&, const Tensor&)>(
+        "fastnoise_C::inject_noise", "abs_state");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({sigma, rng_state});
+    return op.call(x, sigma, rng_state);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = overload<Tensor(const Tensor&, const Tensor&, const Tensor&)>(
+        "fastnoise_C::noise_backward_sigma", "abs_state");
+    Tensor grad_sigma;
+    if (ctx->needs_input_grad(1)) {
+      const auto saved = ctx->get_saved_variables();
+      grad_sigma = op.call(grads[0], saved[0], saved[1]);
+    }
+    return {grads[0], grad_sigma, Tensor()};
+  }
+};
+
+Tensor inject_noise_abs_state_autograd(const Tensor& x, const Tensor& sigma,
+                                       const Tensor& rng_state) {
+  return NoiseInjectionAbsState::apply(x, sigma, rng_state);
+}
+
 Tensor pnil_state_plain(const Tensor& x, const Tensor& weight, const Tensor& bias,
                         const Tensor& rng_state) {
   if (on_device(rng_state)) return in_layout_of(pnil_forward_dev(x, weight, bias, rng_state), x);
@@ -692,6 +735,7 @@ Tensor random_start_state_no_graph(const Tensor& x, const Tensor& rng_state, con
 
 TORCH_LIBRARY_IMPL(fastnoise_C, Autograd, m) {
   m.impl("inject_noise.state", &fastnoise::front::inject_noise_state_autograd);
+  m.impl("inject_noise.abs_state", &fastnoise::front::inject_noise_abs_state_autograd);
   m.impl("pnil.state", &fastnoise::front::pnil_state_autograd);
   m.impl("pgd_step.state", &fastnoise::front::pgd_step_state_no_graph);
   m.impl("random_start.state", &fastnoise::front::random_start_state_no_graph);
@@ -715,6 +759,8 @@ TORCH_LIBRARY_IMPL(fastnoise_C, CompositeExplicitAutograd, m) {
   m.impl("fresh_rng_state", &fastnoise::front::fresh_rng_state);
   m.impl("inject_noise.state", &fastnoise::front::inject_noise_state_plain);
   m.impl("noise_backward_sigma.state", &fastnoise::front::noise_backward_sigma_state);
+  m.impl("inject_noise.abs_state", &fastnoise::front::inject_noise_abs_state_plain);
+  m.impl("noise_backward_sigma.abs_state", &fastnoise::front::noise_backward_sigma_abs_state);
   m.impl("pnil.state", &fastnoise::front::pnil_state_plain);
   m.impl("pnil_backward.state", &fastnoise::front::pnil_backward_state);
   m.impl("pgd_step.state", &fastnoise::front::pgd_step_state);

@@ -65,6 +65,11 @@ void define_ops(torch::Library& m) {
   m.def("fresh_rng_state(Tensor x, int offset) -> Tensor", {at::Tag::nondeterministic_seeded});
   m.def("inject_noise.state(Tensor x, Tensor sigma, Tensor rng_state) -> Tensor");
   m.def("noise_backward_sigma.state(Tensor grad_y, Tensor sigma, Tensor rng_state) -> Tensor");
+  // inject_noise.abs's compiled form: |sigma| taken inside the op, so a compiled graph has
+  // no separate abs (or, backward, sign-product) kernel around it.
+  m.def("inject_noise.abs_state(Tensor x, Tensor sigma, Tensor rng_state) -> Tensor");
+  m.def(
+      "noise_backward_sigma.abs_state(Tensor grad_y, Tensor sigma, Tensor rng_state) -> Tensor");
   m.def("pnil.state(Tensor x, Tensor weight, Tensor bias, Tensor rng_state) -> Tensor");
   m.def(
       "pnil_backward.state(Tensor grad_y, Tensor x, Tensor weight, Tensor bias,"

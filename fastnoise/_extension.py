@@ -312,6 +312,8 @@ def _register_compile_path_fakes() -> None:
         "random_start.draw": lambda x, eps, seed, offset, lo, hi, project: like(x),
         "inject_noise.state": lambda x, sigma, rng_state: like_input(x),
         "noise_backward_sigma.state": lambda grad_y, sigma, rng_state: like(sigma),
+        "inject_noise.abs_state": lambda x, sigma, rng_state: like_input(x),
+        "noise_backward_sigma.abs_state": lambda grad_y, sigma, rng_state: like(sigma),
         "pnil.state": lambda x, weight, bias, rng_state: like_input(x),
         "pnil_backward.state": lambda grad_y, x, weight, bias, rng_state: (
             like_input(x),

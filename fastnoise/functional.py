@@ -60,6 +60,7 @@ def _compiled_door(x: torch.Tensor):
     ops = torch.ops.fastnoise_C
     return _CompiledOps(
         ops.inject_noise.state,
+        ops.inject_noise.abs_state,
         ops.pnil.state,
         ops.random_start.state,
         ops.fresh_rng_state.default,
@@ -68,6 +69,7 @@ def _compiled_door(x: torch.Tensor):
 
 class _CompiledOps(NamedTuple):
     compiled_inject_noise: object
+    compiled_inject_noise_abs: object
     compiled_pnil: object
     compiled_random_start: object
     fresh_rng_state: object
@@ -145,6 +147,10 @@ def inject_noise_abs(
         except RuntimeError:  # e.g. an int64 overflow: name the argument
             _checked_inject_args(x, sigma, seed, offset, check_values=False)
             raise
+    compiled = _compiled_door(x) if isinstance(sigma, torch.Tensor) else None
+    if compiled is not None:  # |sigma| inside the op: no abs kernel in the compiled graph
+        sigma = _checked_inject_args(x, sigma, seed, offset, check_values=False)
+        return compiled.compiled_inject_noise_abs(x, sigma, compiled.rng_state(x, seed, offset))
     v.check_tensor("sigma", sigma)
     return inject_noise(x, sigma.abs(), seed, offset)
 

@@ -356,6 +356,29 @@ def test_inject_noise_abs_is_inject_noise_of_abs(seed_offset, rows, dtype):
         F.inject_noise_abs(x, torch.full((3, 5), float("nan")), seed=1)
 
 
+@pytest.mark.parametrize("rows", [[0.3, 0.2, 0.4], [-0.3, 0.0, 0.4]], ids=["positive", "mixed"])
+def test_compiled_inject_noise_abs_takes_abs_inside_one_op(rows, seed_offset):
+    """Under torch.compile, PerturbationInjection's |theta| is taken inside one op
+    (inject_noise.abs_state): no abs or sign kernel of its own in the graph, and values and
+    gradients equal eager sigma.abs() + inject_noise (0 gradient at 0, as abs' is)."""
+    seed, offset = seed_offset
+    x, theta = torch.rand(4, 3, 5), torch.tensor(rows)[:, None].expand(3, 5).contiguous()
+
+    def fused(x, t):
+        return F.inject_noise_abs(x, t, seed=seed, offset=offset)
+
+    code = _graph_code(fused, x, theta)
+    assert "fastnoise_C.inject_noise.abs_state" in code and "abs(" not in code
+    torch._dynamo.reset()
+    y, grads = _grads(torch.compile(fused, fullgraph=True), x, theta)
+    y_ref, grads_ref = _grads(
+        lambda x, t: F.inject_noise(x, t.abs(), seed=seed, offset=offset), x, theta
+    )
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-6, atol=1e-7)
+
+
 def test_opcheck_the_extension_ops(seed_offset):
     """Schema and autograd registration of the C++ ops; fake kernels and AOT dispatch too
     for the .state ops compiled graphs call. Explicit seeds (fresh_rng_state draws, so
@@ -376,6 +399,11 @@ def test_opcheck_the_extension_ops(seed_offset):
         (ops.pnil.default, (x, weight, bias, seed, offset)),
         (ops.random_start.draw, (plain, 0.1, seed, offset, 0.0, 1.0, True)),
         (ops.inject_noise.state, (x, sigma, state)),
+        (ops.inject_noise.abs_state, (x, sigma - 0.2, state)),
+        (
+            ops.noise_backward_sigma.abs_state,
+            (torch.randn_like(plain), sigma.detach() - 0.2, state),
+        ),
         (ops.pnil.state, (x, weight, bias, state)),
         (ops.noise_backward_sigma.state, (torch.randn_like(plain), sigma.detach(), state)),
         (
