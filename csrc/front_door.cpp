@@ -577,34 +577,6 @@ Tensor noise_backward_sigma_state(const Tensor& grad_y, const Tensor& sigma,
   return noise_backward_sigma(grad_y, sigma, seed, offset);
 }
 
-class NoiseInjectionState : public torch::autograd::Function<NoiseInjectionState> {
- public:
-  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& sigma,
-                        const Tensor& rng_state) {
-    static const auto op = overload<Tensor(const Tensor&, const Tensor&, const Tensor&)>(
-        "fastnoise_C::inject_noise", "state");
-    at::AutoDispatchBelowADInplaceOrView guard;
-    ctx->save_for_backward({sigma, rng_state});
-    return op.call(x, sigma, rng_state);
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = overload<Tensor(const Tensor&, const Tensor&, const Tensor&)>(
-        "fastnoise_C::noise_backward_sigma", "state");
-    Tensor grad_sigma;
-    if (ctx->needs_input_grad(1)) {
-      const auto saved = ctx->get_saved_variables();
-      grad_sigma = op.call(grads[0], saved[0], saved[1]);
-    }
-    return {grads[0], grad_sigma, Tensor()};
-  }
-};
-
-Tensor inject_noise_state_autograd(const Tensor& x, const Tensor& sigma,
-                                   const Tensor& rng_state) {
-  return NoiseInjectionState::apply(x, sigma, rng_state);
-}
-
 // x + |sigma| * z (PerturbationInjection's op under torch.compile): the abs, and the
 // backward's sign product, inside the ops, skipped where every entry is known > 0.
 Tensor inject_noise_abs_state_plain(const Tensor& x, const Tensor& sigma,
@@ -620,32 +592,44 @@ Tensor noise_backward_sigma_abs_state(const Tensor& grad_y, const Tensor& sigma,
   return grad_sigma;
 }
 
-class NoiseInjectionAbsState : public torch::autograd::Function<NoiseInjectionAbsState> {
+// The autograd of inject_noise.state, or of inject_noise.abs_state when `absolute`: each
+// pass is one op below autograd, so a compiled graph holds it as one opaque call.
+class NoiseInjectionState : public torch::autograd::Function<NoiseInjectionState> {
  public:
+  using StateOp = Tensor(const Tensor&, const Tensor&, const Tensor&);
+
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& sigma,
-                        const Tensor& rng_state) {
-    static const auto op = overload<Tensor(const Tensor&, const Tensor&, const Tensor&)>(
-        "fastnoise_C::inject_noise", "abs_state");
+                        const Tensor& rng_state, bool absolute) {
+    static const auto plain = overload<StateOp>("fastnoise_C::inject_noise", "state");
+    static const auto magnitude = overload<StateOp>("fastnoise_C::inject_noise", "abs_state");
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({sigma, rng_state});
-    return op.call(x, sigma, rng_state);
+    ctx->saved_data["absolute"] = absolute;
+    return (absolute ? magnitude : plain).call(x, sigma, rng_state);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = overload<Tensor(const Tensor&, const Tensor&, const Tensor&)>(
-        "fastnoise_C::noise_backward_sigma", "abs_state");
+    static const auto plain = overload<StateOp>("fastnoise_C::noise_backward_sigma", "state");
+    static const auto magnitude =
+        overload<StateOp>("fastnoise_C::noise_backward_sigma", "abs_state");
     Tensor grad_sigma;
     if (ctx->needs_input_grad(1)) {
       const auto saved = ctx->get_saved_variables();
+      const auto& op = ctx->saved_data["absolute"].toBool() ? magnitude : plain;
       grad_sigma = op.call(grads[0], saved[0], saved[1]);
     }
-    return {grads[0], grad_sigma, Tensor()};
+    return {grads[0], grad_sigma, Tensor(), Tensor()};
   }
 };
 
+Tensor inject_noise_state_autograd(const Tensor& x, const Tensor& sigma,
+                                   const Tensor& rng_state) {
+  return NoiseInjectionState::apply(x, sigma, rng_state, false);
+}
+
 Tensor inject_noise_abs_state_autograd(const Tensor& x, const Tensor& sigma,
                                        const Tensor& rng_state) {
-  return NoiseInjectionAbsState::apply(x, sigma, rng_state);
+  return NoiseInjectionState::apply(x, sigma, rng_state, true);
 }
 
 Tensor pnil_state_plain(const Tensor& x, const Tensor& weight, const Tensor& bias,
