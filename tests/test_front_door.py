@@ -15,7 +15,7 @@ import torch
 
 from fastnoise import _dispatch, rng, use_backend
 from fastnoise import functional as F
-from fastnoise._backends import cpp
+from fastnoise._backends import cpp, reference
 
 from tolerances import assert_close_ulps
 
@@ -211,8 +211,6 @@ def test_backend_resolved_once_per_device_and_cleared_by_set_backend(monkeypatch
         F.inject_noise(x, sigma, seed=1)
     monkeypatch.undo()
 
-    from fastnoise._backends import reference
-
     calls = []
     real = reference.noise_forward
     monkeypatch.setattr(reference, "noise_forward", lambda *a: calls.append(1) or real(*a))
@@ -377,6 +375,43 @@ def test_compiled_inject_noise_abs_takes_abs_inside_one_op(rows, seed_offset):
     torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
     for g, g_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "dtype,layout",
+    [(torch.float16, "channels_last"), (torch.bfloat16, "strided"), (torch.float64, "contiguous")],
+    ids=str,
+)
+def test_compiled_inject_noise_abs_matches_the_spec_in_every_dtype_and_layout(dtype, layout):
+    """The compiled |theta| op on an odd 4-D shape, half/bfloat/double, channels_last and
+    strided x: values equal the reference spec's x + |theta| * z, the gradients eager's,
+    the output keeps x's layout; a NaN theta is refused inside the graph too."""
+    seed, offset = 2**40 + 3, 7
+    x = _layout(torch.rand(3, 3, 5, 7).to(dtype), layout)
+    theta = (torch.randn(3, 5, 7) * 0.3).to(
+        torch.float64 if dtype == torch.float64 else torch.float32
+    )
+    theta[0, 0, 0] = 0.0
+
+    def fused(x, t):
+        return F.inject_noise_abs(x, t, seed=seed, offset=offset)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fused, fullgraph=True)
+    y, grads = _grads(compiled, x, theta)
+    spec = reference.noise_forward(x.detach(), theta.abs(), seed, offset)
+    assert_close_ulps(y, spec, atol=1e-6)
+    if layout == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    y_ref, grads_ref = _grads(
+        lambda x, t: F.inject_noise(x, t.abs(), seed=seed, offset=offset), x, theta
+    )
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-6)
+    assert grads[1][0, 0, 0] == 0  # d|theta|/dtheta at 0, as abs' is
+    with pytest.raises(ValueError, match="sigma must be non-negative and not NaN"):
+        compiled(x.detach(), torch.full_like(theta, float("nan")))
 
 
 def test_opcheck_the_extension_ops(seed_offset):
