@@ -28,6 +28,16 @@ inline void check_seed_offset(int64_t seed, int64_t offset) {
   TORCH_CHECK_VALUE(offset >= 0, "offset must be in [0, 2**63), got ", offset);
 }
 
+// The layout rule of every backend's outputs and of the fake kernels (fastnoise/_ops.py):
+// channels_last when x is (4-D, channels_last and not also row-major), else row-major.
+inline bool is_channels_last(const at::Tensor& x) {
+  return x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+inline at::Tensor in_layout_of(const at::Tensor& out, const at::Tensor& x) {
+  return is_channels_last(x) ? out.contiguous(at::MemoryFormat::ChannelsLast) : out;
+}
+
 // Elements per sample: parameters are laid out as one contiguous sample, x[0].
 inline int64_t feature_numel(const at::Tensor& x) {
   TORCH_CHECK_VALUE(x.dim() >= 1, "x must have a batch dimension (at least 1-D)");

@@ -238,15 +238,6 @@ int64_t seed_or_draw(std::optional<int64_t> seed, int64_t offset) {
   return static_cast<int64_t>(word % static_cast<uint64_t>(std::numeric_limits<int64_t>::max()));
 }
 
-// Outputs are channels_last when the input is, else contiguous, as in fastnoise/_ops.py.
-Tensor in_layout_of(Tensor out, const Tensor& x) {
-  if (x.dim() == 4 && !x.is_contiguous() &&
-      x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
-    return out.contiguous(at::MemoryFormat::ChannelsLast);
-  }
-  return out;
-}
-
 // ---- noise injection, Learn2Perturb Eq. (4)-(5): y = x + sigma * z --------------------
 
 // |sigma| for inject_noise.abs: the same law as sigma * z (z is symmetric), for layers whose

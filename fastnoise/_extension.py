@@ -251,28 +251,30 @@ def _jit_build() -> str:
 
 def _register_fakes() -> None:
     """Shape-only (meta) kernels, so the ops run under FakeTensor, torch.compile and
-    torch.library.opcheck. Outputs are contiguous, as the real kernels' are."""
+    torch.library.opcheck. As the real kernels on every device: activation-shaped outputs
+    in x's layout (channels_last stays channels_last), parameter-shaped ones contiguous."""
+    from fastnoise._ops import _empty_like as like_input
 
     def like(t: torch.Tensor) -> torch.Tensor:
         return torch.empty_like(t, memory_format=torch.contiguous_format)
 
     def noise_forward(x, sigma, seed, offset):
-        return like(x)
+        return like_input(x)
 
     def noise_backward_sigma(grad_y, sigma, seed, offset):
         return like(sigma)
 
     def pnil_forward(x, weight, bias, seed, offset):
-        return like(x)
+        return like_input(x)
 
     def pnil_backward(grad_y, x, weight, bias, seed, offset):
-        return like(x), like(weight), like(bias)
+        return like_input(x), like(weight), like(bias)
 
     def pgd_step(x_adv, grad, x_orig, step_size, eps, clip_min, clip_max):
-        return like(x_adv)
+        return like_input(x_adv)
 
     def random_start(x, eps, seed, offset, clip_min, clip_max, project):
-        return like(x)
+        return like_input(x)
 
     def philox_words(counters, seed):
         return counters.new_empty((counters.numel(), 4))
@@ -309,7 +311,7 @@ def _register_compile_path_fakes() -> None:
         "inject_noise.scalar": lambda x, sigma, seed, offset: like_input(x),
         "inject_noise.abs": lambda x, sigma, seed, offset: like_input(x),
         "pnil": lambda x, weight, bias, seed, offset: like_input(x),
-        "random_start.draw": lambda x, eps, seed, offset, lo, hi, project: like(x),
+        "random_start.draw": lambda x, eps, seed, offset, lo, hi, project: like_input(x),
         "inject_noise.state": lambda x, sigma, rng_state: like_input(x),
         "noise_backward_sigma.state": lambda grad_y, sigma, rng_state: like(sigma),
         "inject_noise.abs_state": lambda x, sigma, rng_state: like_input(x),
@@ -320,18 +322,18 @@ def _register_compile_path_fakes() -> None:
             like(weight),
             like(bias),
         ),
-        "pgd_step.state": lambda x_adv, grad, x_orig, bounds: like(x_adv),
-        "random_start.state": lambda x, rng_state, bounds, project: like(x),
+        "pgd_step.state": lambda x_adv, grad, x_orig, bounds: like_input(x_adv),
+        "random_start.state": lambda x, rng_state, bounds, project: like_input(x),
         # CUDA graph capture (csrc/cuda/graph_rng.h): (seed, offset) in a device tensor.
-        "noise_forward.device_state": lambda x, sigma, state: like(x),
+        "noise_forward.device_state": lambda x, sigma, state: like_input(x),
         "noise_backward_sigma.device_state": lambda grad_y, sigma, state: like(sigma),
-        "pnil_forward.device_state": lambda x, weight, bias, state: like(x),
+        "pnil_forward.device_state": lambda x, weight, bias, state: like_input(x),
         "pnil_backward.device_state": lambda grad_y, x, weight, bias, state: (
-            like(x),
+            like_input(x),
             like(weight),
             like(bias),
         ),
-        "random_start.device_state": lambda x, eps, state, lo, hi, project: like(x),
+        "random_start.device_state": lambda x, eps, state, lo, hi, project: like_input(x),
     }
     for name, fake in fakes.items():
         torch.library.register_fake(f"{LIBRARY}::{name}", fake)

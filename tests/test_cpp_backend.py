@@ -302,6 +302,21 @@ def _opcheck_cases():
         ("pgd_step", (x, x, x, 0.1, 0.2, 0.0, 1.0)),
         ("random_start", (x, 0.1, 5, 6, 0.0, 1.0, True)),
         ("philox_words", (torch.arange(9, dtype=torch.int64), 7)),
+        *_channels_last_opcheck_cases(),
+    ]
+
+
+def _channels_last_opcheck_cases():
+    """channels_last x: every backend returns activation-shaped outputs in x's layout, and
+    the fake kernels must say so (a stride mismatch breaks compiled graphs)."""
+    x = torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last)
+    sigma, w, b = torch.rand(3, 1, 1), torch.randn(3, 4, 4) * 0.1, torch.randn(4) * 0.1
+    return [
+        ("noise_forward", (x, sigma, 1, 2)),
+        ("pnil_forward", (x, w, b, 3, 4)),
+        ("pnil_backward", (x, x, w, b, 3, 4)),
+        ("pgd_step", (x, x, x, 0.1, 0.2, 0.0, 1.0)),
+        ("random_start", (x, 0.1, 5, 6, 0.0, 1.0, True)),
     ]
 
 
@@ -311,6 +326,10 @@ def _opcheck_cases():
 def test_opcheck(name, args):
     op = getattr(_extension.ops(), name).default
     torch.library.opcheck(op, args)  # schema, fake kernel, autograd registration, AOT dispatch
+    if args[0].dim() == 4:  # channels_last in, channels_last out, on the CPU too
+        out = op(*args)
+        first = out[0] if isinstance(out, tuple) else out
+        assert first.is_contiguous(memory_format=torch.channels_last), first.stride()
 
 
 def test_functional_api_runs_on_cpp_backend(seed_offset):
@@ -528,6 +547,51 @@ def test_cuda_ops_match_reference(dtype, layout, seed_offset):
     assert torch.equal(cuda.pgd_step(*args).cpu(), ref.pgd_step(*args).cpu())
     args = (pixels, 8 / 255, 7, 2**32 + 9, 0.0, 1.0, True)
     _close(cuda.random_start(*args).cpu(), ref.random_start(*args).cpu(), dtype)
+
+
+# channels_last with H * W % 4 == 0: the CUDA ops read and write in place (channels_last.h),
+# no copy to row-major order and back. Many rows (two reduction passes), 3 and 16 channels.
+CUDA_NHWC_SHAPES = [(6, 16, 8, 8), (130, 3, 4, 6), (512, 8, 4, 4)]
+
+
+@needs_cuda_kernels
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", CUDA_NHWC_SHAPES, ids=str)
+def test_cuda_channels_last_in_place_equals_row_major_and_the_spec(dtype, shape):
+    """Bit for bit what the row-major kernels give on the same values (same arithmetic per
+    element and per feature sum), outputs channels_last, and within tolerance of the spec."""
+    from fastnoise._backends import cuda
+
+    x, grad_y, sigma, w, b = _cuda_backward_inputs(shape, dtype)
+    cl_x, cl_grad = (t.contiguous(memory_format=torch.channels_last) for t in (x, grad_y))
+    seed, offset = 2**32 + 99, 2**32 - 3
+    y = cuda.noise_forward(cl_x, sigma, seed, offset)
+    p = cuda.pnil_forward(cl_x, w, b, seed, offset)
+    gx = cuda.pnil_backward(cl_grad, cl_x, w, b, seed, offset)[0]
+    step = cuda.pgd_step(cl_x, cl_grad, cl_x.flip(0), 0.01, 8 / 255, 0.0, 1.0)
+    for out in (y, p, gx, step):
+        assert out.is_contiguous(memory_format=torch.channels_last), out.stride()
+    pairs = [
+        (y, cuda.noise_forward(x, sigma, seed, offset)),
+        (p, cuda.pnil_forward(x, w, b, seed, offset)),
+        (step, cuda.pgd_step(x, grad_y, x.flip(0), 0.01, 8 / 255, 0.0, 1.0)),
+        *zip(
+            _cuda_backward(cl_x, cl_grad, sigma, w, b, seed, offset),
+            _cuda_backward(x, grad_y, sigma, w, b, seed, offset),
+            strict=True,
+        ),
+    ]
+    for got, want in pairs:
+        assert torch.equal(got, want)
+    _close(y.cpu(), ref.noise_forward(x, sigma, seed, offset).cpu(), dtype)
+    _close(p.cpu(), ref.pnil_forward(x, w, b, seed, offset).cpu(), dtype)
+    want_grads = ref.pnil_backward(grad_y, x, w, b, seed, offset)
+    _close(gx.cpu(), want_grads[0].cpu(), dtype)
+    got_sums = _cuda_backward(cl_x, cl_grad, sigma, w, b, seed, offset)
+    _grad_close(got_sums[0].cpu(), ref.noise_backward_sigma(grad_y, sigma, seed, offset).cpu(),
+                shape[0])  # fmt: skip
+    _grad_close(got_sums[2].cpu(), want_grads[1].cpu(), shape[0])
+    _grad_close(got_sums[3].cpu(), want_grads[2].cpu(), shape[0])
 
 
 # The CUDA backward sums parameter gradients as per-block partials over a fixed grid, then

@@ -34,7 +34,7 @@ at::Tensor noise_forward(const at::Tensor& x_in, const at::Tensor& sigma_in, int
   const PerFeature sigma = per_feature(sigma_in, x, "sigma");
   at::Tensor y = at::empty(x.sizes(), x.options());
   const int64_t numel = x.numel(), features = feature_numel(x);
-  if (numel == 0) return y;
+  if (numel == 0) return in_layout_of(y, x_in);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "noise_forward", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -53,7 +53,7 @@ at::Tensor noise_forward(const at::Tensor& x_in, const at::Tensor& sigma_in, int
       });
     });
   });
-  return y;
+  return in_layout_of(y, x_in);
 }
 
 // d loss / d sigma: per-chunk sums of grad_y * z per feature, then the broadcast reduction.

@@ -27,7 +27,7 @@ at::Tensor pgd_step(const at::Tensor& x_adv_in, const at::Tensor& grad_in,
   const at::Tensor x_orig = x_orig_in.contiguous().to(x_adv.scalar_type());
   at::Tensor out = at::empty(x_adv.sizes(), x_adv.options());
   const int64_t numel = x_adv.numel();
-  if (numel == 0) return out;
+  if (numel == 0) return in_layout_of(out, x_adv_in);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_adv.scalar_type(), "pgd_step", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x_adv.const_data_ptr<scalar_t>();
@@ -46,7 +46,7 @@ at::Tensor pgd_step(const at::Tensor& x_adv_in, const at::Tensor& grad_in,
       }
     });
   });
-  return out;
+  return in_layout_of(out, x_adv_in);
 }
 
 }  // namespace

@@ -58,7 +58,7 @@ at::Tensor pnil_forward(const at::Tensor& x_in, const at::Tensor& weight_in,
   const auto [weight, bias] = pnil_params(weight_in, bias_in, x);
   at::Tensor y = at::empty(x.sizes(), x.options());
   const int64_t numel = x.numel(), features = feature_numel(x);
-  if (numel == 0) return y;
+  if (numel == 0) return in_layout_of(y, x_in);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pnil_forward", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -78,7 +78,7 @@ at::Tensor pnil_forward(const at::Tensor& x_in, const at::Tensor& weight_in,
       });
     });
   });
-  return y;
+  return in_layout_of(y, x_in);
 }
 
 // One run of consecutive features (weight and bias per feature, or one pair for the run:
@@ -115,7 +115,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pnil_backward(
   at::Tensor grad_x = at::empty(x.sizes(), x.options());
   const int64_t numel = x.numel(), features = feature_numel(x);
   if (numel == 0) {
-    return {grad_x, at::zeros(weight_in.sizes(), weight_in.options()),
+    return {in_layout_of(grad_x, x_in), at::zeros(weight_in.sizes(), weight_in.options()),
             at::zeros(bias_in.sizes(), bias_in.options())};
   }
   const int64_t chunks = chunk_count(numel);
@@ -156,7 +156,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pnil_backward(
       }
     });
   });
-  return {grad_x, reduce_to_param(sum_chunks(partial_w), x, weight_in),
+  return {in_layout_of(grad_x, x_in), reduce_to_param(sum_chunks(partial_w), x, weight_in),
           reduce_to_param(sum_chunks(partial_b), x, bias_in)};
 }
 

@@ -21,7 +21,7 @@ at::Tensor random_start(const at::Tensor& x_in, double eps, int64_t seed, int64_
   const at::Tensor x = x_in.contiguous();
   at::Tensor out = at::empty(x.sizes(), x.options());
   const int64_t numel = x.numel();
-  if (numel == 0) return out;
+  if (numel == 0) return in_layout_of(out, x_in);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "random_start", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -40,7 +40,7 @@ at::Tensor random_start(const at::Tensor& x_in, double eps, int64_t seed, int64_
       }
     });
   });
-  return out;
+  return in_layout_of(out, x_in);
 }
 
 }  // namespace

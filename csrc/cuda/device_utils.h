@@ -4,8 +4,10 @@
 // four elements where the data allows), the feature index kept per counter, and the
 // fixed-order block and partial-row sums of the backward kernels.
 //
-// The per-counter and per-row bodies are __host__ __device__, so they can be checked on
-// a CPU against a plain per-element loop; only the block reductions need a GPU.
+// The per-counter and per-row bodies are __host__ __device__, and everything that needs
+// nvcc (kernels, shared memory, launches) sits in one __CUDACC__ block at the end, so the
+// host compiler builds this header too: tests/cuda_host runs the kernels' thread bodies on
+// the CPU against the reference. Only the block reductions need a GPU.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -35,16 +37,6 @@ inline int blocks_for(const Launch& launch, int64_t work_items) {
 #define FASTNOISE_GRID_STRIDE(index, count)                                          \
   for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; \
        index < (count); index += static_cast<int64_t>(gridDim.x) * blockDim.x)
-
-// CUDA graph capture (kernels.h): (seed, offset) from the device state when there is one,
-// else the kernel's arguments are kept. Null outside capture, so that path is unchanged.
-__device__ __forceinline__ void read_device_state(const int64_t* state, uint64_t& seed,
-                                                  uint64_t& offset) {
-  if (state != nullptr) {
-    seed = static_cast<uint64_t>(state[0]);
-    offset = static_cast<uint64_t>(state[1]);
-  }
-}
 
 FASTNOISE_HD float load(const float* p) { return *p; }
 FASTNOISE_HD double load(const double* p) { return *p; }
@@ -228,6 +220,51 @@ FASTNOISE_HD void quad_normals(int64_t i, int n, uint64_t seed, uint64_t offset,
   for (int lane = 0; lane < 4; ++lane) z[lane] = pick_lane(a, b, k + lane);
 }
 
+// Calls body(tag) with a std::integral_constant<int, variant>: 0 rows start mid-counter
+// (features % 4 != 0), 1 rows start on a counter, 2 also with quad loads and stores.
+template <typename Body>
+void dispatch_row_variant(bool starts_on_counter, bool quad, const Body& body) {
+  if (starts_on_counter && quad) {
+    body(std::integral_constant<int, 2>());
+  } else if (starts_on_counter) {
+    body(std::integral_constant<int, 1>());
+  } else {
+    body(std::integral_constant<int, 0>());
+  }
+}
+
+// Calls body.template operator()<storage_t>() for the storage dtype.
+template <typename Body>
+void dispatch_storage(Storage storage, const Body& body) {
+  switch (storage) {
+    case Storage::kFloat32:
+      body(static_cast<float*>(nullptr));
+      break;
+    case Storage::kFloat64:
+      body(static_cast<double*>(nullptr));
+      break;
+    case Storage::kFloat16:
+      body(static_cast<__half*>(nullptr));
+      break;
+    case Storage::kBFloat16:
+      body(static_cast<__nv_bfloat16*>(nullptr));
+      break;
+  }
+}
+
+// ---- device only: kernels' shared pieces (the host test harness never sees these) ----
+#if defined(__CUDACC__)
+
+// CUDA graph capture (kernels.h): (seed, offset) from the device state when there is one,
+// else the kernel's arguments are kept. Null outside capture, so that path is unchanged.
+__device__ __forceinline__ void read_device_state(const int64_t* state, uint64_t& seed,
+                                                  uint64_t& offset) {
+  if (state != nullptr) {
+    seed = static_cast<uint64_t>(state[0]);
+    offset = static_cast<uint64_t>(state[1]);
+  }
+}
+
 // --- deterministic sums over the batch --------------------------------------------------
 
 // Sums acc over the block's row lanes (threadIdx.y) pairwise in a fixed order, then row
@@ -304,37 +341,7 @@ void launch_sum_partials(cudaStream_t stream, const opmath_t* partials, opmath_t
       <<<grid, dim3(kSumFeatures, kSumChunkLanes), 0, stream>>>(partials, sums, chunks, features);
 }
 
-// Calls body(tag) with a std::integral_constant<int, variant>: 0 rows start mid-counter
-// (features % 4 != 0), 1 rows start on a counter, 2 also with quad loads and stores.
-template <typename Body>
-void dispatch_row_variant(bool starts_on_counter, bool quad, const Body& body) {
-  if (starts_on_counter && quad) {
-    body(std::integral_constant<int, 2>());
-  } else if (starts_on_counter) {
-    body(std::integral_constant<int, 1>());
-  } else {
-    body(std::integral_constant<int, 0>());
-  }
-}
-
-// Calls body.template operator()<storage_t>() for the storage dtype.
-template <typename Body>
-void dispatch_storage(Storage storage, const Body& body) {
-  switch (storage) {
-    case Storage::kFloat32:
-      body(static_cast<float*>(nullptr));
-      break;
-    case Storage::kFloat64:
-      body(static_cast<double*>(nullptr));
-      break;
-    case Storage::kFloat16:
-      body(static_cast<__half*>(nullptr));
-      break;
-    case Storage::kBFloat16:
-      body(static_cast<__nv_bfloat16*>(nullptr));
-      break;
-  }
-}
+#endif  // __CUDACC__
 
 }  // namespace cuda
 }  // namespace fastnoise

@@ -15,6 +15,14 @@ namespace cuda {
 // (parameter and gradient-sum buffers use the compute dtype).
 enum class Storage : int { kFloat32, kFloat64, kFloat16, kBFloat16 };
 
+// A channels_last (N, C, H, W) activation read and written in place (channels_last.h):
+// channels C and pixels H * W, a multiple of 4. The default, channels == 0, is row-major.
+struct ChannelsLast {
+  int64_t channels = 0;
+  int64_t pixels = 0;
+  bool enabled() const { return channels > 0; }
+};
+
 struct Launch {
   cudaStream_t stream;
   int sm_count;  // multiprocessors: sizes the grid of the elementwise kernels
@@ -66,25 +74,29 @@ inline ReductionPlan plan_reduction(int64_t rows, int64_t features) {
 // offset arguments. Outside capture it is null: the kernels take the arguments as before,
 // one uniform branch at their start, and the noise is the same bits as without it.
 
+// layout: x and y (forward) or grad_y (backward) channels_last; grad_x follows x.
 void launch_noise_forward(Launch launch, Storage storage, const void* x, const void* sigma,
                           void* y, int64_t numel, int64_t features, uint64_t seed,
-                          uint64_t offset, const int64_t* device_state = nullptr);
+                          uint64_t offset, const int64_t* device_state = nullptr,
+                          ChannelsLast layout = {});
 // sums: `features` compute-dtype values. partials: plan.chunks x features of them, or
 // null when plan.chunks == 1. plan: plan_reduction(numel / features, features).
 void launch_noise_backward_sigma(Launch launch, Storage storage, const void* grad, void* sums,
                                  void* partials, const ReductionPlan& plan, int64_t numel,
                                  int64_t features, uint64_t seed, uint64_t offset,
-                                 const int64_t* device_state = nullptr);
+                                 const int64_t* device_state = nullptr,
+                                 ChannelsLast layout = {});
 void launch_pnil_forward(Launch launch, Storage storage, const void* x, const void* weight,
                          const void* bias, void* y, int64_t numel, int64_t features,
-                         uint64_t seed, uint64_t offset, const int64_t* device_state = nullptr);
+                         uint64_t seed, uint64_t offset, const int64_t* device_state = nullptr,
+                         ChannelsLast layout = {});
 // sums: 2 x features (grad_w sums, then grad_b sums); partials: 2 x plan.chunks x
 // features, or null when plan.chunks == 1.
 void launch_pnil_backward(Launch launch, Storage storage, const void* grad, const void* x,
                           const void* weight, const void* bias, void* grad_x, void* sums,
                           void* partials, const ReductionPlan& plan, int64_t numel,
                           int64_t features, uint64_t seed, uint64_t offset,
-                          const int64_t* device_state = nullptr);
+                          const int64_t* device_state = nullptr, ChannelsLast layout = {});
 void launch_pgd_step(Launch launch, Storage storage, const void* x_adv, const void* grad,
                      const void* x_orig, void* out, int64_t numel, double step_size, double eps,
                      double clip_min, double clip_max);

@@ -93,6 +93,28 @@ const bool kCapturedStateSet = [] {
   return true;
 }();
 
+// ---- layouts -----------------------------------------------------------------------------
+
+// A channels_last x whose H * W is a multiple of 4 is read and written in place
+// (channels_last.h); any other layout is copied to row-major order, the spec's element
+// order, and the outputs are then put in x's layout (in_layout_of, common.h).
+ChannelsLast channels_last_layout(const at::Tensor& x) {
+  if (is_channels_last(x) && (x.size(2) * x.size(3)) % 4 == 0) {
+    return {x.size(1), x.size(2) * x.size(3)};
+  }
+  return {};
+}
+
+at::Tensor in_kernel_layout(const at::Tensor& x, ChannelsLast layout) {
+  return layout.enabled() ? x : x.contiguous();
+}
+
+at::Tensor empty_in_layout(const at::Tensor& x, ChannelsLast layout) {
+  return at::empty(x.sizes(), x.options().memory_format(layout.enabled()
+                                                            ? at::MemoryFormat::ChannelsLast
+                                                            : at::MemoryFormat::Contiguous));
+}
+
 // ---- the ops -----------------------------------------------------------------------------
 // Each noise op has one body taking (seed, offset) and an optional device_state pointer:
 // the plain overload passes its checked (seed, offset) and null, the .device_state one
@@ -101,15 +123,16 @@ const bool kCapturedStateSet = [] {
 at::Tensor noise_forward_impl(const at::Tensor& x_in, const at::Tensor& sigma_in, int64_t seed,
                               int64_t offset, const int64_t* device_state) {
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor x = x_in.contiguous();  // noise follows the logical (row-major) order
+  const ChannelsLast layout = channels_last_layout(x_in);
+  const at::Tensor x = in_kernel_layout(x_in, layout);
   const at::Tensor sigma = per_sample(sigma_in, x, "sigma");
-  at::Tensor y = at::empty(x.sizes(), x.options());
-  if (x.numel() == 0) return y;
+  at::Tensor y = empty_in_layout(x, layout);
+  if (x.numel() == 0) return in_layout_of(y, x_in);
   launch_noise_forward(current_launch(), storage_of(x), x.const_data_ptr(),
                        sigma.const_data_ptr(), y.mutable_data_ptr(), x.numel(), feature_numel(x),
-                       seed, offset, device_state);
+                       seed, offset, device_state, layout);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return y;
+  return in_layout_of(y, x_in);
 }
 
 at::Tensor noise_forward(const at::Tensor& x, const at::Tensor& sigma, int64_t seed,
@@ -129,7 +152,8 @@ at::Tensor noise_backward_sigma_impl(const at::Tensor& grad_in, const at::Tensor
                                      int64_t seed, int64_t offset,
                                      const int64_t* device_state) {
   const c10::cuda::CUDAGuard guard(grad_in.device());
-  const at::Tensor grad = grad_in.contiguous();
+  const ChannelsLast layout = channels_last_layout(grad_in);
+  const at::Tensor grad = in_kernel_layout(grad_in, layout);
   check_per_feature(sigma, grad, "sigma");  // validates; the backward never reads sigma
   if (grad.numel() == 0) return at::zeros(sigma.sizes(), sigma.options());
   const int64_t features = feature_numel(grad);
@@ -142,7 +166,7 @@ at::Tensor noise_backward_sigma_impl(const at::Tensor& grad_in, const at::Tensor
       plan.chunks > 1 ? at::empty({plan.chunks, features}, opmath) : at::Tensor();
   launch_noise_backward_sigma(current_launch(), storage_of(grad), grad.const_data_ptr(),
                               sums.mutable_data_ptr(), data_or_null(partials), plan, grad.numel(),
-                              features, seed, offset, device_state);
+                              features, seed, offset, device_state, layout);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return reduce_to_param(sums, grad, sigma);
 }
@@ -164,16 +188,17 @@ at::Tensor pnil_forward_impl(const at::Tensor& x_in, const at::Tensor& weight_in
                              const at::Tensor& bias_in, int64_t seed, int64_t offset,
                              const int64_t* device_state) {
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor x = x_in.contiguous();
+  const ChannelsLast layout = channels_last_layout(x_in);
+  const at::Tensor x = in_kernel_layout(x_in, layout);
   const at::Tensor weight = per_sample(weight_in, x, "weight");
   const at::Tensor bias = per_sample(bias_in, x, "bias");
-  at::Tensor y = at::empty(x.sizes(), x.options());
-  if (x.numel() == 0) return y;
+  at::Tensor y = empty_in_layout(x, layout);
+  if (x.numel() == 0) return in_layout_of(y, x_in);
   launch_pnil_forward(current_launch(), storage_of(x), x.const_data_ptr(),
                       weight.const_data_ptr(), bias.const_data_ptr(), y.mutable_data_ptr(),
-                      x.numel(), feature_numel(x), seed, offset, device_state);
+                      x.numel(), feature_numel(x), seed, offset, device_state, layout);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return y;
+  return in_layout_of(y, x_in);
 }
 
 at::Tensor pnil_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
@@ -195,13 +220,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pnil_backward_impl(
   TORCH_CHECK_VALUE(grad_in.sizes() == x_in.sizes(), "grad_y must have the shape of x ",
                     x_in.sizes(), ", got ", grad_in.sizes());
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor grad = grad_in.contiguous().to(x_in.scalar_type());
-  const at::Tensor x = x_in.contiguous();
+  // In place only when grad_y and x are both channels_last (grad_x then is too).
+  const ChannelsLast x_layout = channels_last_layout(x_in);
+  const ChannelsLast layout =
+      channels_last_layout(grad_in).enabled() ? x_layout : ChannelsLast{};
+  const at::Tensor grad = in_kernel_layout(grad_in, layout).to(x_in.scalar_type());
+  const at::Tensor x = in_kernel_layout(x_in, layout);
   const at::Tensor weight = per_sample(weight_in, x, "weight");
   const at::Tensor bias = per_sample(bias_in, x, "bias");
-  at::Tensor grad_x = at::empty(x.sizes(), x.options());
+  at::Tensor grad_x = empty_in_layout(x, layout);
   if (x.numel() == 0) {
-    return {grad_x, at::zeros(weight_in.sizes(), weight_in.options()),
+    return {in_layout_of(grad_x, x_in), at::zeros(weight_in.sizes(), weight_in.options()),
             at::zeros(bias_in.sizes(), bias_in.options())};
   }
   const int64_t features = feature_numel(x);
@@ -213,9 +242,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pnil_backward_impl(
   launch_pnil_backward(current_launch(), storage_of(x), grad.const_data_ptr(), x.const_data_ptr(),
                        weight.const_data_ptr(), bias.const_data_ptr(), grad_x.mutable_data_ptr(),
                        sums.mutable_data_ptr(), data_or_null(partials), plan, x.numel(), features,
-                       seed, offset, device_state);
+                       seed, offset, device_state, layout);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {grad_x, reduce_to_param(sums[0], x, weight_in), reduce_to_param(sums[1], x, bias_in)};
+  return {in_layout_of(grad_x, x_in), reduce_to_param(sums[0], x, weight_in),
+          reduce_to_param(sums[1], x, bias_in)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pnil_backward(
@@ -243,16 +273,22 @@ at::Tensor pgd_step(const at::Tensor& x_adv_in, const at::Tensor& grad_in,
       grad_in.sizes() == x_adv_in.sizes() && x_orig_in.sizes() == x_adv_in.sizes(),
       "grad and x_orig must have the shape of x_adv ", x_adv_in.sizes());
   const c10::cuda::CUDAGuard guard(x_adv_in.device());
-  const at::Tensor x_adv = x_adv_in.contiguous();
-  const at::Tensor grad = grad_in.contiguous().to(x_adv.scalar_type());
-  const at::Tensor x_orig = x_orig_in.contiguous().to(x_adv.scalar_type());
-  at::Tensor out = at::empty(x_adv.sizes(), x_adv.options());
-  if (x_adv.numel() == 0) return out;
+  // The step draws no noise, so element order does not matter: three channels_last tensors
+  // run flat over memory (any H * W), with no copies in or out.
+  const ChannelsLast layout =
+      is_channels_last(x_adv_in) && is_channels_last(grad_in) && is_channels_last(x_orig_in)
+          ? ChannelsLast{x_adv_in.size(1), x_adv_in.size(2) * x_adv_in.size(3)}
+          : ChannelsLast{};
+  const at::Tensor x_adv = in_kernel_layout(x_adv_in, layout);
+  const at::Tensor grad = in_kernel_layout(grad_in, layout).to(x_adv.scalar_type());
+  const at::Tensor x_orig = in_kernel_layout(x_orig_in, layout).to(x_adv.scalar_type());
+  at::Tensor out = empty_in_layout(x_adv, layout);
+  if (x_adv.numel() == 0) return in_layout_of(out, x_adv_in);
   launch_pgd_step(current_launch(), storage_of(x_adv), x_adv.const_data_ptr(),
                   grad.const_data_ptr(), x_orig.const_data_ptr(), out.mutable_data_ptr(),
                   x_adv.numel(), step_size, eps, clip_min, clip_max);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return out;
+  return in_layout_of(out, x_adv_in);
 }
 
 at::Tensor random_start_impl(const at::Tensor& x_in, double eps, int64_t seed, int64_t offset,
@@ -261,13 +297,13 @@ at::Tensor random_start_impl(const at::Tensor& x_in, double eps, int64_t seed, i
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   at::Tensor out = at::empty(x.sizes(), x.options());
-  if (x.numel() == 0) return out;
+  if (x.numel() == 0) return in_layout_of(out, x_in);
   const double inf = std::numeric_limits<double>::infinity();
   launch_random_start(current_launch(), storage_of(x), x.const_data_ptr(), out.mutable_data_ptr(),
                       x.numel(), eps, project ? clip_min : -inf, project ? clip_max : inf, seed,
                       offset, device_state);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return out;
+  return in_layout_of(out, x_in);
 }
 
 at::Tensor random_start(const at::Tensor& x, double eps, int64_t seed, int64_t offset,
