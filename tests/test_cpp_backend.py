@@ -569,12 +569,14 @@ def test_cuda_channels_last_in_place_equals_row_major_and_the_spec(dtype, shape)
     p = cuda.pnil_forward(cl_x, w, b, seed, offset)
     gx = cuda.pnil_backward(cl_grad, cl_x, w, b, seed, offset)[0]
     step = cuda.pgd_step(cl_x, cl_grad, cl_x.flip(0), 0.01, 8 / 255, 0.0, 1.0)
-    for out in (y, p, gx, step):
+    start = cuda.random_start(cl_x, 8 / 255, seed, offset, 0.0, 1.0, True)
+    for out in (y, p, gx, step, start):
         assert out.is_contiguous(memory_format=torch.channels_last), out.stride()
     pairs = [
         (y, cuda.noise_forward(x, sigma, seed, offset)),
         (p, cuda.pnil_forward(x, w, b, seed, offset)),
         (step, cuda.pgd_step(x, grad_y, x.flip(0), 0.01, 8 / 255, 0.0, 1.0)),
+        (start, cuda.random_start(x, 8 / 255, seed, offset, 0.0, 1.0, True)),
         *zip(
             _cuda_backward(cl_x, cl_grad, sigma, w, b, seed, offset),
             _cuda_backward(x, grad_y, sigma, w, b, seed, offset),

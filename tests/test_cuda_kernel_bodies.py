@@ -1,7 +1,7 @@
 """The CUDA kernels' thread bodies, built by the host compiler and run on the CPU.
 
 No GPU runs here, but everything a kernel thread computes is in __host__ __device__ bodies
-(``csrc/cuda/noise_body.h``, ``pnil_body.h``, ``channels_last.h``): which elements it
+(``csrc/cuda/*_body.h``, ``channels_last.h``): which elements it
 touches, where they are in memory, which Philox counter and parameter entry each reads,
 and the arithmetic. ``tests/cuda_host/kernel_bodies.cpp`` emulates a launch by calling
 those bodies for every thread of a grid-stride grid (forward) or every row lane of each
@@ -14,6 +14,7 @@ What needs a GPU (the launch, the block reductions' shared memory) is left to
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import shutil
 import subprocess
@@ -65,6 +66,8 @@ def bodies(tmp_path_factory) -> ctypes.CDLL:
     lib.noise_backward_sigma.argtypes = [i32, ptr, ptr, i64, *geometry, u64, u64, i64]
     lib.pnil_forward.argtypes = [i32, ptr, ptr, ptr, ptr, i64, *geometry, u64, u64, i64]
     lib.pnil_backward.argtypes = [i32, *[ptr] * 6, i64, *geometry, u64, u64, i64]
+    box = [ctypes.c_double] * 3  # eps, lo, hi
+    lib.random_start.argtypes = [i32, ptr, ptr, i64, i64, i64, *box, u64, u64, i64]
     return lib
 
 
@@ -114,6 +117,15 @@ def _pnil_backward(lib, grad, x, w, b, seed, offset, row_lanes):
                       b.data_ptr(), grad_x.data_ptr(), sums.data_ptr(), x.shape[0], features,
                       channels, pixels, seed, offset, row_lanes)  # fmt: skip
     return grad_x, sums[0].view(x.shape[1:]), sums[1].view(x.shape[1:])
+
+
+def _random_start(lib, x, eps, seed, offset, project, threads) -> torch.Tensor:
+    out = torch.empty_like(x)
+    _, channels, pixels = _geometry(x)
+    lo, hi = (0.0, 1.0) if project else (-math.inf, math.inf)
+    lib.random_start(DTYPE_CODES[x.dtype], x.data_ptr(), out.data_ptr(), x.numel(), channels,
+                     pixels, eps, lo, hi, seed, offset, threads)  # fmt: skip
+    return out
 
 
 def _close(got: torch.Tensor, want: torch.Tensor) -> None:
@@ -181,6 +193,19 @@ def test_pnil_bodies_match_the_spec(bodies, shape, channels_last, dtype):
             _sums_close(gb, want_gb, shape[0])
 
 
+@pytest.mark.parametrize("dtype", list(DTYPE_CODES), ids=str)
+@pytest.mark.parametrize(("shape", "channels_last"), CASES, ids=CASE_IDS)
+def test_random_start_bodies_match_the_spec(bodies, shape, channels_last, dtype):
+    g = torch.Generator().manual_seed(sum(shape) + 2)
+    x = _inputs(shape, dtype, channels_last, g).abs().clamp(max=1.0)  # pixels in [0, 1]
+    for (seed, offset), project in zip(SEED_OFFSETS.values(), (True, False, True), strict=True):
+        want = ref.random_start(x, 8 / 255, seed, offset, 0.0, 1.0, project)
+        outputs = [_random_start(bodies, x, 8 / 255, seed, offset, project, t) for t in THREADS]
+        _close(outputs[0], want)
+        for other in outputs[1:]:
+            assert torch.equal(other, outputs[0])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_channels_last_bodies_equal_row_major_bodies_bit_for_bit(bodies, dtype):
     """The same arithmetic per element and per feature sum, only the addressing differs:
@@ -198,6 +223,8 @@ def test_channels_last_bodies_equal_row_major_bodies_bit_for_bit(bodies, dtype):
                        _noise_backward(bodies, rows_grad, seed, offset, 4))  # fmt: skip
     assert torch.equal(_pnil_forward(bodies, x, w, b, seed, offset, 64),
                        _pnil_forward(bodies, rows_x, w, b, seed, offset, 64))  # fmt: skip
+    assert torch.equal(_random_start(bodies, x, 0.1, seed, offset, True, 64),
+                       _random_start(bodies, rows_x, 0.1, seed, offset, True, 64))  # fmt: skip
     nhwc = _pnil_backward(bodies, grad, x, w, b, seed, offset, 4)
     rows = _pnil_backward(bodies, rows_grad, rows_x, w, b, seed, offset, 4)
     for got, want in zip(nhwc, rows, strict=True):

@@ -102,7 +102,8 @@ void launch_pgd_step(Launch launch, Storage storage, const void* x_adv, const vo
                      double clip_min, double clip_max);
 void launch_random_start(Launch launch, Storage storage, const void* x, void* out, int64_t numel,
                          double eps, double clip_min, double clip_max, uint64_t seed,
-                         uint64_t offset, const int64_t* device_state = nullptr);
+                         uint64_t offset, const int64_t* device_state = nullptr,
+                         ChannelsLast layout = {});
 // Writes [seed, offset] of the spec for one op inside CUDA graph capture into state (two
 // int64 on the device), from torch's generator state `philox` (at::cuda::philox::unpack:
 // the replay's values, read on the device): seed = torch's 64-bit seed with its top bit

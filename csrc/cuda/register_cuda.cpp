@@ -295,13 +295,14 @@ at::Tensor random_start_impl(const at::Tensor& x_in, double eps, int64_t seed, i
                              double clip_min, double clip_max, bool project,
                              const int64_t* device_state) {
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor x = x_in.contiguous();
-  at::Tensor out = at::empty(x.sizes(), x.options());
+  const ChannelsLast layout = channels_last_layout(x_in);
+  const at::Tensor x = in_kernel_layout(x_in, layout);
+  at::Tensor out = empty_in_layout(x, layout);
   if (x.numel() == 0) return in_layout_of(out, x_in);
   const double inf = std::numeric_limits<double>::infinity();
   launch_random_start(current_launch(), storage_of(x), x.const_data_ptr(), out.mutable_data_ptr(),
                       x.numel(), eps, project ? clip_min : -inf, project ? clip_max : inf, seed,
-                      offset, device_state);
+                      offset, device_state, layout);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return in_layout_of(out, x_in);
 }

@@ -1,4 +1,4 @@
-// The CUDA kernels' thread bodies (csrc/cuda/noise_body.h, pnil_body.h), run on the CPU by
+// The CUDA kernels' thread bodies (csrc/cuda/*_body.h), run on the CPU by
 // the host compiler. Each exported function emulates one launch: the forward calls the
 // thread body for each of `threads` grid-stride threads; the backward calls the row body
 // of each feature quad for each of `row_lanes` row lanes and adds the lanes' sums (what
@@ -9,6 +9,7 @@
 
 #include "noise_body.h"
 #include "pnil_body.h"
+#include "random_start_body.h"
 
 namespace fastnoise {
 namespace cuda {
@@ -162,6 +163,28 @@ void pnil_backward(int dtype, const void* grad, const void* x, const void* w, co
                              acc[0], acc[1]);
                        });
       });
+    }
+  });
+}
+
+// lo, hi: the box (pass -inf, inf for project=False, as register_cuda.cpp does).
+void random_start(int dtype, const void* x, void* out, int64_t numel, int64_t channels,
+                  int64_t pixels, double eps, double lo, double hi, uint64_t seed,
+                  uint64_t offset, int64_t threads) {
+  with_dtype(dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    using O = typename OpMath<T>::type;
+    const auto* xs = static_cast<const T*>(x);
+    auto* os = static_cast<T*>(out);
+    const O e = static_cast<O>(eps), l = static_cast<O>(lo), h = static_cast<O>(hi);
+    const bool quad = quad_aligned<T>(x) && quad_aligned<T>(out);
+    for (int64_t t = 0; t < threads; ++t) {
+      if (channels > 0) {
+        random_start_nhwc_thread<T, O>(xs, os, numel, ChannelsLast{channels, pixels}, t, threads,
+                                       e, l, h, seed, offset);
+      } else {
+        random_start_thread<T, O>(xs, os, numel, t, threads, e, l, h, seed, offset, quad);
+      }
     }
   });
 }
