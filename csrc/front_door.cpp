@@ -685,6 +685,19 @@ Tensor random_start_state(const Tensor& x, const Tensor& rng_state, const Tensor
   return random_start_no_graph(x, b.eps, seed, offset, b.clip_min, b.clip_max, project);
 }
 
+// random_start.state with fresh_rng_state's draw made inside: one op call (a compiled graph
+// calls each op from Python) instead of two. On the CPU the drawn seed goes straight to the
+// kernel, with no state tensor; on CUDA it is the device state, as fresh_rng_state's.
+Tensor random_start_fresh(const Tensor& x, int64_t offset, const Tensor& bounds, bool project) {
+  const Bounds b = unpack_bounds(bounds);
+  if (x.is_cuda()) {
+    return random_start_dev(x, b.eps, fresh_rng_state(x, offset), b.clip_min, b.clip_max,
+                            project);
+  }
+  return random_start_no_graph(x, b.eps, seed_or_draw(std::nullopt, offset), offset, b.clip_min,
+                               b.clip_max, project);
+}
+
 // Autograd kernels of the attack steps' .state overloads: the same op below autograd, so
 // under torch.compile the fake kernels (not the data-reading ones above) see fake tensors.
 Tensor pgd_step_state_no_graph(const Tensor& x_adv, const Tensor& grad, const Tensor& x_orig,
@@ -704,6 +717,14 @@ Tensor random_start_state_no_graph(const Tensor& x, const Tensor& rng_state, con
   return op.call(x, rng_state, bounds, project);
 }
 
+Tensor random_start_fresh_no_graph(const Tensor& x, int64_t offset, const Tensor& bounds,
+                                   bool project) {
+  static const auto op = overload<Tensor(const Tensor&, int64_t, const Tensor&, bool)>(
+      "fastnoise_C::random_start", "fresh");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(x, offset, bounds, project);
+}
+
 }  // namespace
 }  // namespace front
 }  // namespace fastnoise
@@ -714,6 +735,7 @@ TORCH_LIBRARY_IMPL(fastnoise_C, Autograd, m) {
   m.impl("pnil.state", &fastnoise::front::pnil_state_autograd);
   m.impl("pgd_step.state", &fastnoise::front::pgd_step_state_no_graph);
   m.impl("random_start.state", &fastnoise::front::random_start_state_no_graph);
+  m.impl("random_start.fresh", &fastnoise::front::random_start_fresh_no_graph);
   m.impl("random_start.draw", &fastnoise::front::random_start_draw);
   m.impl("pgd_step", &fastnoise::front::pgd_step_no_graph);
   m.impl("random_start", &fastnoise::front::random_start_no_graph);
@@ -740,4 +762,5 @@ TORCH_LIBRARY_IMPL(fastnoise_C, CompositeExplicitAutograd, m) {
   m.impl("pnil_backward.state", &fastnoise::front::pnil_backward_state);
   m.impl("pgd_step.state", &fastnoise::front::pgd_step_state);
   m.impl("random_start.state", &fastnoise::front::random_start_state);
+  m.impl("random_start.fresh", &fastnoise::front::random_start_fresh);
 }

@@ -76,6 +76,10 @@ void define_ops(torch::Library& m) {
       " Tensor rng_state) -> (Tensor, Tensor, Tensor)");
   m.def("pgd_step.state(Tensor x_adv, Tensor grad, Tensor x_orig, Tensor bounds) -> Tensor");
   m.def("random_start.state(Tensor x, Tensor rng_state, Tensor bounds, bool project) -> Tensor");
+  // A compiled seed=None random start in one call: fresh_rng_state's draw inside the op (the
+  // start has no backward, so its state never needs to leave it).
+  m.def("random_start.fresh(Tensor x, int offset, Tensor bounds, bool project) -> Tensor",
+        {at::Tag::nondeterministic_seeded});
   // Which CPU tile code runs here ("avx512", "avx2" or "generic"), for benchmark headers.
   m.def("cpu_isa() -> str", [] { return std::string(fastnoise::cpu::tile_isa()); });
 }

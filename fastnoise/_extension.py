@@ -324,6 +324,7 @@ def _register_compile_path_fakes() -> None:
         ),
         "pgd_step.state": lambda x_adv, grad, x_orig, bounds: like_input(x_adv),
         "random_start.state": lambda x, rng_state, bounds, project: like_input(x),
+        "random_start.fresh": lambda x, offset, bounds, project: like_input(x),
         # CUDA graph capture (csrc/cuda/graph_rng.h): (seed, offset) in a device tensor.
         "noise_forward.device_state": lambda x, sigma, state: like_input(x),
         "noise_backward_sigma.device_state": lambda grad_y, sigma, state: like(sigma),

@@ -63,6 +63,7 @@ def _compiled_door(x: torch.Tensor):
         ops.inject_noise.abs_state,
         ops.pnil.state,
         ops.random_start.state,
+        ops.random_start.fresh,
         ops.fresh_rng_state.default,
     )
 
@@ -72,6 +73,7 @@ class _CompiledOps(NamedTuple):
     compiled_inject_noise_abs: object
     compiled_pnil: object
     compiled_random_start: object
+    compiled_fresh_random_start: object
     fresh_rng_state: object
 
     def rng_state(self, x: torch.Tensor, seed, offset: int) -> torch.Tensor:
@@ -257,6 +259,8 @@ def random_start(
     bounds = _ops.make_bounds(0.0, eps, lo, hi)
     compiled = _compiled_door(x)
     if compiled is not None:
+        if seed is None:  # one op call: the draw happens inside (no backward needs it)
+            return compiled.compiled_fresh_random_start(x, offset, bounds, bool(project))
         state = compiled.rng_state(x, seed, offset)
         return compiled.compiled_random_start(x, state, bounds, bool(project))
     with torch.no_grad():

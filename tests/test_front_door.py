@@ -244,8 +244,10 @@ def test_compiled_graph_calls_the_extension_or_the_custom_ops_of_the_backend_in_
         return F.pgd_step(F.random_start(x, 0.1), y, x, 0.01, 0.1)
 
     code = _graph_code(step, x, sigma)
-    for op in ("inject_noise.state", "pnil.state", "random_start.state"):
+    for op in ("inject_noise.state", "pnil.state", "random_start.fresh"):
         assert f"fastnoise_C.{op}" in code
+    # seed=None: the start draws inside its one op, no separate fresh_rng_state call for it
+    assert code.count("fastnoise_C.fresh_rng_state") == 2 and "random_start.state" not in code
     assert "torch.ops.fastnoise." not in code
     assert "pgd_step" not in code  # plain arithmetic for Inductor to fuse (test_ops.py)
     with use_backend("torch"):  # not the extension: the custom ops pick it at run time
@@ -457,3 +459,8 @@ def test_opcheck_the_extension_ops(seed_offset):
         torch.library.opcheck(op, args, test_utils=front_door_checks)
     for op, args in cases[5:]:  # what compiled graphs call: every check
         torch.library.opcheck(op, args)
+    # random_start.fresh draws its seed, so its runs cannot agree: no value comparisons.
+    torch.library.opcheck(
+        ops.random_start.fresh, (plain, offset, bounds, True),
+        test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
+    )  # fmt: skip
