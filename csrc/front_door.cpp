@@ -600,16 +600,18 @@ class NoiseInjectionState : public torch::autograd::Function<NoiseInjectionState
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {grads[0], sigma_grad(ctx, grads[0]), Tensor(), Tensor()};
+  }
+
+  // d loss / d sigma from the saved {sigma, rng_state} (also NoiseInjectionFresh's).
+  static Tensor sigma_grad(AutogradContext* ctx, const Tensor& grad_y) {
     static const auto plain = overload<StateOp>("fastnoise_C::noise_backward_sigma", "state");
     static const auto magnitude =
         overload<StateOp>("fastnoise_C::noise_backward_sigma", "abs_state");
-    Tensor grad_sigma;
-    if (ctx->needs_input_grad(1)) {
-      const auto saved = ctx->get_saved_variables();
-      const auto& op = ctx->saved_data["absolute"].toBool() ? magnitude : plain;
-      grad_sigma = op.call(grads[0], saved[0], saved[1]);
-    }
-    return {grads[0], grad_sigma, Tensor(), Tensor()};
+    if (!ctx->needs_input_grad(1)) return Tensor();
+    const auto saved = ctx->get_saved_variables();
+    const auto& op = ctx->saved_data["absolute"].toBool() ? magnitude : plain;
+    return op.call(grad_y, saved[0], saved[1]);
   }
 };
 
@@ -655,18 +657,106 @@ class PnilState : public torch::autograd::Function<PnilState> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto [gx, gw, gb] = grads_from_saved(ctx, grads[0]);
+    return {gx, gw, gb, Tensor()};
+  }
+
+  // The gradients from the saved {x, weight, bias, rng_state} (also PnilFresh's).
+  static std::tuple<Tensor, Tensor, Tensor> grads_from_saved(AutogradContext* ctx,
+                                                             const Tensor& grad_y) {
     static const auto op = overload<std::tuple<Tensor, Tensor, Tensor>(
         const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&)>(
         "fastnoise_C::pnil_backward", "state");
     const auto saved = ctx->get_saved_variables();
-    auto [gx, gw, gb] = op.call(grads[0], saved[0], saved[1], saved[2], saved[3]);
-    return {gx, gw, gb, Tensor()};
+    return op.call(grad_y, saved[0], saved[1], saved[2], saved[3]);
   }
 };
 
 Tensor pnil_state_autograd(const Tensor& x, const Tensor& weight, const Tensor& bias,
                            const Tensor& rng_state) {
   return PnilState::apply(x, weight, bias, rng_state);
+}
+
+// ---- seed=None under torch.compile: the draw inside the forward op ----------------------
+// inject_noise.fresh, .abs_fresh and pnil.fresh draw [seed, offset] as fresh_rng_state does
+// and return it beside y, for the backward to regenerate the noise from: one op call (a
+// compiled graph calls each op from Python) instead of fresh_rng_state plus the .state op.
+// The state is an output, not a hidden tensor, so AOT autograd hands it to the backward.
+using Fresh = std::tuple<Tensor, Tensor>;
+
+Fresh inject_noise_fresh_plain(const Tensor& x, const Tensor& sigma, int64_t offset) {
+  const Tensor state = fresh_rng_state(x, offset);
+  return {inject_noise_state_plain(x, sigma, state), state};
+}
+
+Fresh inject_noise_abs_fresh_plain(const Tensor& x, const Tensor& sigma, int64_t offset) {
+  const Tensor state = fresh_rng_state(x, offset);
+  return {inject_noise_abs_state_plain(x, sigma, state), state};
+}
+
+Fresh pnil_fresh_plain(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                       int64_t offset) {
+  const Tensor state = fresh_rng_state(x, offset);
+  return {pnil_state_plain(x, weight, bias, state), state};
+}
+
+// NoiseInjectionState with the state drawn by the forward op (saved as an output).
+class NoiseInjectionFresh : public torch::autograd::Function<NoiseInjectionFresh> {
+ public:
+  using FreshOp = Fresh(const Tensor&, const Tensor&, int64_t);
+
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& sigma,
+                               int64_t offset, bool absolute) {
+    static const auto plain = overload<FreshOp>("fastnoise_C::inject_noise", "fresh");
+    static const auto magnitude = overload<FreshOp>("fastnoise_C::inject_noise", "abs_fresh");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [y, state] = (absolute ? magnitude : plain).call(x, sigma, offset);
+    ctx->mark_non_differentiable({state});
+    ctx->save_for_backward({sigma, state});
+    ctx->saved_data["absolute"] = absolute;
+    return {y, state};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {grads[0], NoiseInjectionState::sigma_grad(ctx, grads[0]), Tensor(), Tensor()};
+  }
+};
+
+Fresh inject_noise_fresh_autograd(const Tensor& x, const Tensor& sigma, int64_t offset) {
+  const auto out = NoiseInjectionFresh::apply(x, sigma, offset, false);
+  return {out[0], out[1]};
+}
+
+Fresh inject_noise_abs_fresh_autograd(const Tensor& x, const Tensor& sigma, int64_t offset) {
+  const auto out = NoiseInjectionFresh::apply(x, sigma, offset, true);
+  return {out[0], out[1]};
+}
+
+// PnilState with the state drawn by the forward op (saved as an output).
+class PnilFresh : public torch::autograd::Function<PnilFresh> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& weight,
+                               const Tensor& bias, int64_t offset) {
+    static const auto op =
+        overload<Fresh(const Tensor&, const Tensor&, const Tensor&, int64_t)>("fastnoise_C::pnil",
+                                                                              "fresh");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [y, state] = op.call(x, weight, bias, offset);
+    ctx->mark_non_differentiable({state});
+    ctx->save_for_backward({x, weight, bias, state});
+    return {y, state};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto [gx, gw, gb] = PnilState::grads_from_saved(ctx, grads[0]);
+    return {gx, gw, gb, Tensor()};
+  }
+};
+
+Fresh pnil_fresh_autograd(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                          int64_t offset) {
+  const auto out = PnilFresh::apply(x, weight, bias, offset);
+  return {out[0], out[1]};
 }
 
 Tensor pgd_step_state(const Tensor& x_adv, const Tensor& grad, const Tensor& x_orig,
@@ -733,6 +823,9 @@ TORCH_LIBRARY_IMPL(fastnoise_C, Autograd, m) {
   m.impl("inject_noise.state", &fastnoise::front::inject_noise_state_autograd);
   m.impl("inject_noise.abs_state", &fastnoise::front::inject_noise_abs_state_autograd);
   m.impl("pnil.state", &fastnoise::front::pnil_state_autograd);
+  m.impl("inject_noise.fresh", &fastnoise::front::inject_noise_fresh_autograd);
+  m.impl("inject_noise.abs_fresh", &fastnoise::front::inject_noise_abs_fresh_autograd);
+  m.impl("pnil.fresh", &fastnoise::front::pnil_fresh_autograd);
   m.impl("pgd_step.state", &fastnoise::front::pgd_step_state_no_graph);
   m.impl("random_start.state", &fastnoise::front::random_start_state_no_graph);
   m.impl("random_start.fresh", &fastnoise::front::random_start_fresh_no_graph);
@@ -760,6 +853,9 @@ TORCH_LIBRARY_IMPL(fastnoise_C, CompositeExplicitAutograd, m) {
   m.impl("noise_backward_sigma.abs_state", &fastnoise::front::noise_backward_sigma_abs_state);
   m.impl("pnil.state", &fastnoise::front::pnil_state_plain);
   m.impl("pnil_backward.state", &fastnoise::front::pnil_backward_state);
+  m.impl("inject_noise.fresh", &fastnoise::front::inject_noise_fresh_plain);
+  m.impl("inject_noise.abs_fresh", &fastnoise::front::inject_noise_abs_fresh_plain);
+  m.impl("pnil.fresh", &fastnoise::front::pnil_fresh_plain);
   m.impl("pgd_step.state", &fastnoise::front::pgd_step_state);
   m.impl("random_start.state", &fastnoise::front::random_start_state);
   m.impl("random_start.fresh", &fastnoise::front::random_start_fresh);

@@ -76,6 +76,14 @@ void define_ops(torch::Library& m) {
       " Tensor rng_state) -> (Tensor, Tensor, Tensor)");
   m.def("pgd_step.state(Tensor x_adv, Tensor grad, Tensor x_orig, Tensor bounds) -> Tensor");
   m.def("random_start.state(Tensor x, Tensor rng_state, Tensor bounds, bool project) -> Tensor");
+  // seed=None under torch.compile: [seed, offset] drawn inside the forward op (as
+  // fresh_rng_state draws it) and returned beside y for the backward: one call, not two.
+  m.def("inject_noise.fresh(Tensor x, Tensor sigma, int offset) -> (Tensor, Tensor)",
+        {at::Tag::nondeterministic_seeded});
+  m.def("inject_noise.abs_fresh(Tensor x, Tensor sigma, int offset) -> (Tensor, Tensor)",
+        {at::Tag::nondeterministic_seeded});
+  m.def("pnil.fresh(Tensor x, Tensor weight, Tensor bias, int offset) -> (Tensor, Tensor)",
+        {at::Tag::nondeterministic_seeded});
   // A compiled seed=None random start in one call: fresh_rng_state's draw inside the op (the
   // start has no backward, so its state never needs to leave it).
   m.def("random_start.fresh(Tensor x, int offset, Tensor bounds, bool project) -> Tensor",

@@ -305,8 +305,11 @@ def _register_compile_path_fakes() -> None:
         """Where fresh_rng_state's [seed, offset] lives: x's device on CUDA, else the CPU."""
         return x.device if x.device.type == "cuda" else torch.device("cpu")
 
+    def fresh_state(x: torch.Tensor) -> torch.Tensor:
+        return torch.empty(2, dtype=torch.int64, device=state_on(x))
+
     fakes = {
-        "fresh_rng_state": lambda x, offset: torch.empty(2, dtype=torch.int64, device=state_on(x)),
+        "fresh_rng_state": lambda x, offset: fresh_state(x),
         "inject_noise": lambda x, sigma, seed, offset: like_input(x),
         "inject_noise.scalar": lambda x, sigma, seed, offset: like_input(x),
         "inject_noise.abs": lambda x, sigma, seed, offset: like_input(x),
@@ -325,6 +328,9 @@ def _register_compile_path_fakes() -> None:
         "pgd_step.state": lambda x_adv, grad, x_orig, bounds: like_input(x_adv),
         "random_start.state": lambda x, rng_state, bounds, project: like_input(x),
         "random_start.fresh": lambda x, offset, bounds, project: like_input(x),
+        "inject_noise.fresh": lambda x, sigma, offset: (like_input(x), fresh_state(x)),
+        "inject_noise.abs_fresh": lambda x, sigma, offset: (like_input(x), fresh_state(x)),
+        "pnil.fresh": lambda x, weight, bias, offset: (like_input(x), fresh_state(x)),
         # CUDA graph capture (csrc/cuda/graph_rng.h): (seed, offset) in a device tensor.
         "noise_forward.device_state": lambda x, sigma, state: like_input(x),
         "noise_backward_sigma.device_state": lambda grad_y, sigma, state: like(sigma),

@@ -51,39 +51,41 @@ def _front_door(x: object, seed: object, offset: object):
 
 
 def _compiled_door(x: torch.Tensor):
-    """Under torch.compile, the extension's ``.state`` ops when its backend runs ``x``'s
-    device: the compiled graph then calls C++ with no Python in between. Else None (the
-    custom ops of :mod:`fastnoise._ops`, which pick the backend at run time). The choice
-    is made when the graph is traced: a later set_backend does not change a graph."""
+    """Under torch.compile, the extension's ops when its backend runs ``x``'s device: the
+    compiled graph then calls C++ with no Python in between. Else None (the custom ops of
+    :mod:`fastnoise._ops`, which pick the backend at run time). The choice is made when
+    the graph is traced: a later set_backend does not change a graph."""
     if not torch.compiler.is_compiling() or not _extension_runs(x.device):
         return None
-    ops = torch.ops.fastnoise_C
-    return _CompiledOps(
-        ops.inject_noise.state,
-        ops.inject_noise.abs_state,
-        ops.pnil.state,
-        ops.random_start.state,
-        ops.random_start.fresh,
-        ops.fresh_rng_state.default,
-    )
+    return _CompiledOps(torch.ops.fastnoise_C)
 
 
 class _CompiledOps(NamedTuple):
-    compiled_inject_noise: object
-    compiled_inject_noise_abs: object
-    compiled_pnil: object
-    compiled_random_start: object
-    compiled_fresh_random_start: object
-    fresh_rng_state: object
+    """The ops a compiled graph calls. seed=None: the ``.fresh`` overloads draw [seed,
+    offset] inside the op, in C++, as eager seed=None does (one call; the state comes back
+    beside y for the backward). On CUDA it is a device tensor from torch's CUDA generator,
+    as in CUDA graph capture, so the graph holds no CPU tensor and mode="reduce-overhead"
+    can capture it (the offset is then unused, as in capture). A given seed: the
+    ``.state`` overloads, with [seed, offset] a graph input, so new seeds do not recompile."""
 
-    def rng_state(self, x: torch.Tensor, seed, offset: int) -> torch.Tensor:
-        """seed=None: a fresh state drawn in C++ at run time. On the CPU it is the eager
-        path's draw; on CUDA it is a device tensor from torch's CUDA generator, as in CUDA
-        graph capture, so the graph holds no CPU tensor and mode="reduce-overhead" can
-        capture it (the offset is then unused, as in capture)."""
+    ops: object
+
+    def inject_noise(self, x, sigma, seed, offset: int, absolute: bool) -> torch.Tensor:
         if seed is None:
-            return self.fresh_rng_state(x, offset)
-        return _ops.make_rng_state(seed, offset)
+            fresh = self.ops.inject_noise.abs_fresh if absolute else self.ops.inject_noise.fresh
+            return fresh(x, sigma, offset)[0]
+        op = self.ops.inject_noise.abs_state if absolute else self.ops.inject_noise.state
+        return op(x, sigma, _ops.make_rng_state(seed, offset))
+
+    def pnil(self, x, weight, bias, seed, offset: int) -> torch.Tensor:
+        if seed is None:
+            return self.ops.pnil.fresh(x, weight, bias, offset)[0]
+        return self.ops.pnil.state(x, weight, bias, _ops.make_rng_state(seed, offset))
+
+    def random_start(self, x, seed, offset: int, bounds, project: bool) -> torch.Tensor:
+        if seed is None:
+            return self.ops.random_start.fresh(x, offset, bounds, project)
+        return self.ops.random_start.state(x, _ops.make_rng_state(seed, offset), bounds, project)
 
 
 @torch.compiler.assume_constant_result
@@ -132,7 +134,7 @@ def inject_noise(
     compiled = _compiled_door(x)  # the C++ op checks sigma >= 0 itself
     sigma = _checked_inject_args(x, sigma, seed, offset, check_values=compiled is None)
     if compiled is not None:
-        return compiled.compiled_inject_noise(x, sigma, compiled.rng_state(x, seed, offset))
+        return compiled.inject_noise(x, sigma, seed, offset, absolute=False)
     return _ops.noise_injection(x, sigma, _ops.make_rng_state(seed, offset))
 
 
@@ -152,7 +154,7 @@ def inject_noise_abs(
     compiled = _compiled_door(x) if isinstance(sigma, torch.Tensor) else None
     if compiled is not None:  # |sigma| inside the op: no abs kernel in the compiled graph
         sigma = _checked_inject_args(x, sigma, seed, offset, check_values=False)
-        return compiled.compiled_inject_noise_abs(x, sigma, compiled.rng_state(x, seed, offset))
+        return compiled.inject_noise(x, sigma, seed, offset, absolute=True)
     v.check_tensor("sigma", sigma)
     return inject_noise(x, sigma.abs(), seed, offset)
 
@@ -186,7 +188,7 @@ def pnil(
     _check_pnil_args(x, weight, bias, seed, offset)
     compiled = _compiled_door(x)
     if compiled is not None:
-        return compiled.compiled_pnil(x, weight, bias, compiled.rng_state(x, seed, offset))
+        return compiled.pnil(x, weight, bias, seed, offset)
     return _ops.pnil(x, weight, bias, _ops.make_rng_state(seed, offset))
 
 
@@ -259,9 +261,6 @@ def random_start(
     bounds = _ops.make_bounds(0.0, eps, lo, hi)
     compiled = _compiled_door(x)
     if compiled is not None:
-        if seed is None:  # one op call: the draw happens inside (no backward needs it)
-            return compiled.compiled_fresh_random_start(x, offset, bounds, bool(project))
-        state = compiled.rng_state(x, seed, offset)
-        return compiled.compiled_random_start(x, state, bounds, bool(project))
+        return compiled.random_start(x, seed, offset, bounds, bool(project))
     with torch.no_grad():
         return _ops.random_start(x, _ops.make_rng_state(seed, offset), bounds, bool(project))

@@ -244,10 +244,19 @@ def test_compiled_graph_calls_the_extension_or_the_custom_ops_of_the_backend_in_
         return F.pgd_step(F.random_start(x, 0.1), y, x, 0.01, 0.1)
 
     code = _graph_code(step, x, sigma)
-    for op in ("inject_noise.state", "pnil.state", "random_start.fresh"):
+    # seed=None: each op draws its state inside (one call each, no fresh_rng_state)
+    for op in ("inject_noise.fresh", "pnil.fresh", "random_start.fresh"):
         assert f"fastnoise_C.{op}" in code
-    # seed=None: the start draws inside its one op, no separate fresh_rng_state call for it
-    assert code.count("fastnoise_C.fresh_rng_state") == 2 and "random_start.state" not in code
+    assert "fresh_rng_state" not in code and ".state(" not in code
+
+    def seeded(x, sigma):
+        y = F.pnil(F.inject_noise(x, sigma, seed=1), sigma, sigma, seed=2)
+        return F.random_start(y, 0.1, seed=3)
+
+    code = _graph_code(seeded, x, sigma)  # given seeds: [seed, offset] is a graph input
+    for op in ("inject_noise.state", "pnil.state", "random_start.state"):
+        assert f"fastnoise_C.{op}" in code
+    assert ".fresh(" not in code
     assert "torch.ops.fastnoise." not in code
     assert "pgd_step" not in code  # plain arithmetic for Inductor to fuse (test_ops.py)
     with use_backend("torch"):  # not the extension: the custom ops pick it at run time
@@ -286,24 +295,63 @@ def test_compiled_matches_eager_forward_and_backward(layout, seed_offset):
 
 
 def test_compiled_seed_none_draws_what_eager_draws():
-    """The graph's fresh_rng_state draws in C++ as eager seed=None does: after the same
-    torch.manual_seed, compiled and eager calls give the same noise, and a second call
-    gives new noise (inductor must not fold or reuse the draw)."""
+    """Each compiled op draws its state in C++ as eager seed=None does (the .fresh ops):
+    after the same torch.manual_seed, layers in sequence (their order fixed by the data, as
+    in a model) give eager's noise, and a second call gives new noise (inductor must not
+    fold or reuse a draw). Draws with no data between them may run in another order than
+    eager's (inductor schedules them), but in the same order every call."""
     x, sigma = torch.rand(3, 4, 5), torch.full((4, 1), 0.3)
+    weight, bias = torch.full((4, 5), 0.2), torch.full((5,), -1.0)
 
-    def draw(x, sigma):
+    def layers(x, sigma):
+        y = F.pnil(F.inject_noise(x, sigma), weight, bias)
+        return y, F.random_start(y.clamp(0, 1), 0.1)
+
+    def independent(x, sigma):
         return F.inject_noise(x, sigma), F.random_start(x, 0.1)
 
     torch._dynamo.reset()
-    compiled = torch.compile(draw, fullgraph=True)
+    compiled = torch.compile(layers, fullgraph=True)
     torch.manual_seed(5)
-    eager = draw(x, sigma), draw(x, sigma)
+    eager = layers(x, sigma), layers(x, sigma)
     torch.manual_seed(5)
     got = compiled(x, sigma), compiled(x, sigma)
     for pair_got, pair_eager in zip(got, eager, strict=True):
         for a, b in zip(pair_got, pair_eager, strict=True):
             assert torch.equal(a, b)
     assert not torch.equal(got[0][0], got[1][0])
+    compiled = torch.compile(independent, fullgraph=True)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        runs.append(compiled(x, sigma))
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_compiled_seed_none_backward_regenerates_the_forwards_noise():
+    """The .fresh ops return their drawn state beside y and the backward reads it: values
+    and gradients of a compiled seed=None graph (inject, |theta| inject, PNIL) equal
+    eager's after the same torch.manual_seed; with the state dropped or redrawn, the
+    backward's noise would not be the forward's."""
+    x = torch.rand(3, 4, 5, 6).contiguous(memory_format=torch.channels_last)
+    sigma, theta = torch.rand(4, 1, 1) + 0.1, torch.randn(4, 5, 6) * 0.3
+    weight, bias = torch.randn(4, 5, 6) * 0.3, torch.zeros(4, 5, 6)
+
+    def layers(x, sigma, theta, weight, bias):
+        y = F.inject_noise_abs(F.inject_noise(x, sigma), theta)
+        return F.pnil(y, weight, bias)
+
+    torch._dynamo.reset()
+    results = []
+    for fn in (layers, torch.compile(layers, fullgraph=True)):
+        leaves = [t.detach().clone().requires_grad_() for t in (x, sigma, theta, weight, bias)]
+        torch.manual_seed(11)
+        y = fn(*leaves)
+        (y * torch.linspace(0, 1, y.numel()).reshape(y.shape)).sum().backward()
+        results.append([y.detach(), *(leaf.grad for leaf in leaves)])
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_compiled_fresh_state_lives_on_the_cuda_device():
@@ -459,8 +507,14 @@ def test_opcheck_the_extension_ops(seed_offset):
         torch.library.opcheck(op, args, test_utils=front_door_checks)
     for op, args in cases[5:]:  # what compiled graphs call: every check
         torch.library.opcheck(op, args)
-    # random_start.fresh draws its seed, so its runs cannot agree: no value comparisons.
-    torch.library.opcheck(
-        ops.random_start.fresh, (plain, offset, bounds, True),
-        test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
-    )  # fmt: skip
+    # The .fresh ops draw their seed, so their runs cannot agree: no value comparisons.
+    fresh_cases = [
+        (ops.inject_noise.fresh, (x, sigma, offset)),
+        (ops.inject_noise.abs_fresh, (x, sigma - 0.2, offset)),
+        (ops.pnil.fresh, (x, weight, bias, offset)),
+        (ops.random_start.fresh, (plain, offset, bounds, True)),
+    ]
+    for op, args in fresh_cases:
+        torch.library.opcheck(
+            op, args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor")
+        )
