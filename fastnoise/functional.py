@@ -9,7 +9,6 @@ nothing activation-sized is stored for it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 
@@ -51,41 +50,41 @@ def _front_door(x: object, seed: object, offset: object):
 
 
 def _compiled_door(x: torch.Tensor):
-    """Under torch.compile, the extension's ops when its backend runs ``x``'s device: the
-    compiled graph then calls C++ with no Python in between. Else None (the custom ops of
-    :mod:`fastnoise._ops`, which pick the backend at run time). The choice is made when
-    the graph is traced: a later set_backend does not change a graph."""
+    """Under torch.compile, the extension's ops (``torch.ops.fastnoise_C``) when its backend
+    runs ``x``'s device: the compiled graph then calls C++ with no Python in between. Else
+    None (the custom ops of :mod:`fastnoise._ops`, which pick the backend at run time). The
+    choice is made when the graph is traced: a later set_backend does not change a graph.
+
+    The ops it calls (the ``_compiled_*`` functions below). seed=None: the ``.fresh``
+    overloads draw [seed, offset] inside the op, in C++, as eager seed=None does (one call;
+    the state comes back beside y for the backward). On CUDA it is a device tensor from
+    torch's CUDA generator, as in CUDA graph capture, so the graph holds no CPU tensor and
+    mode="reduce-overhead" can capture it (the offset is then unused, as in capture). A
+    given seed: the ``.state`` overloads, with [seed, offset] a graph input, so new seeds do
+    not recompile."""
     if not torch.compiler.is_compiling() or not _extension_runs(x.device):
         return None
-    return _CompiledOps(torch.ops.fastnoise_C)
+    return torch.ops.fastnoise_C
 
 
-class _CompiledOps(NamedTuple):
-    """The ops a compiled graph calls. seed=None: the ``.fresh`` overloads draw [seed,
-    offset] inside the op, in C++, as eager seed=None does (one call; the state comes back
-    beside y for the backward). On CUDA it is a device tensor from torch's CUDA generator,
-    as in CUDA graph capture, so the graph holds no CPU tensor and mode="reduce-overhead"
-    can capture it (the offset is then unused, as in capture). A given seed: the
-    ``.state`` overloads, with [seed, offset] a graph input, so new seeds do not recompile."""
+def _compiled_inject_noise(ops, x, sigma, seed, offset: int, absolute: bool) -> torch.Tensor:
+    if seed is None:
+        fresh = ops.inject_noise.abs_fresh if absolute else ops.inject_noise.fresh
+        return fresh(x, sigma, offset)[0]
+    op = ops.inject_noise.abs_state if absolute else ops.inject_noise.state
+    return op(x, sigma, _ops.make_rng_state(seed, offset))
 
-    ops: object
 
-    def inject_noise(self, x, sigma, seed, offset: int, absolute: bool) -> torch.Tensor:
-        if seed is None:
-            fresh = self.ops.inject_noise.abs_fresh if absolute else self.ops.inject_noise.fresh
-            return fresh(x, sigma, offset)[0]
-        op = self.ops.inject_noise.abs_state if absolute else self.ops.inject_noise.state
-        return op(x, sigma, _ops.make_rng_state(seed, offset))
+def _compiled_pnil(ops, x, weight, bias, seed, offset: int) -> torch.Tensor:
+    if seed is None:
+        return ops.pnil.fresh(x, weight, bias, offset)[0]
+    return ops.pnil.state(x, weight, bias, _ops.make_rng_state(seed, offset))
 
-    def pnil(self, x, weight, bias, seed, offset: int) -> torch.Tensor:
-        if seed is None:
-            return self.ops.pnil.fresh(x, weight, bias, offset)[0]
-        return self.ops.pnil.state(x, weight, bias, _ops.make_rng_state(seed, offset))
 
-    def random_start(self, x, seed, offset: int, bounds, project: bool) -> torch.Tensor:
-        if seed is None:
-            return self.ops.random_start.fresh(x, offset, bounds, project)
-        return self.ops.random_start.state(x, _ops.make_rng_state(seed, offset), bounds, project)
+def _compiled_random_start(ops, x, seed, offset: int, bounds, project: bool) -> torch.Tensor:
+    if seed is None:
+        return ops.random_start.fresh(x, offset, bounds, project)
+    return ops.random_start.state(x, _ops.make_rng_state(seed, offset), bounds, project)
 
 
 @torch.compiler.assume_constant_result
@@ -134,7 +133,7 @@ def inject_noise(
     compiled = _compiled_door(x)  # the C++ op checks sigma >= 0 itself
     sigma = _checked_inject_args(x, sigma, seed, offset, check_values=compiled is None)
     if compiled is not None:
-        return compiled.inject_noise(x, sigma, seed, offset, absolute=False)
+        return _compiled_inject_noise(compiled, x, sigma, seed, offset, absolute=False)
     return _ops.noise_injection(x, sigma, _ops.make_rng_state(seed, offset))
 
 
@@ -154,7 +153,7 @@ def inject_noise_abs(
     compiled = _compiled_door(x) if isinstance(sigma, torch.Tensor) else None
     if compiled is not None:  # |sigma| inside the op: no abs kernel in the compiled graph
         sigma = _checked_inject_args(x, sigma, seed, offset, check_values=False)
-        return compiled.inject_noise(x, sigma, seed, offset, absolute=True)
+        return _compiled_inject_noise(compiled, x, sigma, seed, offset, absolute=True)
     v.check_tensor("sigma", sigma)
     return inject_noise(x, sigma.abs(), seed, offset)
 
@@ -188,7 +187,7 @@ def pnil(
     _check_pnil_args(x, weight, bias, seed, offset)
     compiled = _compiled_door(x)
     if compiled is not None:
-        return compiled.pnil(x, weight, bias, seed, offset)
+        return _compiled_pnil(compiled, x, weight, bias, seed, offset)
     return _ops.pnil(x, weight, bias, _ops.make_rng_state(seed, offset))
 
 
@@ -261,6 +260,6 @@ def random_start(
     bounds = _ops.make_bounds(0.0, eps, lo, hi)
     compiled = _compiled_door(x)
     if compiled is not None:
-        return compiled.random_start(x, seed, offset, bounds, bool(project))
+        return _compiled_random_start(compiled, x, seed, offset, bounds, bool(project))
     with torch.no_grad():
         return _ops.random_start(x, _ops.make_rng_state(seed, offset), bounds, bool(project))
