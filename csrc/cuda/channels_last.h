@@ -76,5 +76,28 @@ FASTNOISE_HD void store_strided(T* p, int64_t stride, const opmath_t v[4]) {
   for (int lane = 0; lane < 4; ++lane) store(p + lane * stride, v[lane]);
 }
 
+#if defined(__CUDACC__)
+// A thread of a channels_last backward kernel (grid and block as ReductionPlan): its
+// feature quad, channel-fastest, and its chunk's rows [row_begin, row_end). Threads past
+// the last quad are inactive; they still take part in the block's sums.
+struct NhwcReductionThread {
+  bool active;
+  NhwcFeatureQuad at;
+  int64_t row_begin, row_end;
+};
+
+__device__ __forceinline__ NhwcReductionThread nhwc_reduction_thread(int64_t rows,
+                                                                      int64_t features,
+                                                                      ChannelsLast layout,
+                                                                      int64_t rows_per_chunk) {
+  const int64_t fq = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const bool active = fq < features / 4;
+  const int64_t row_begin = blockIdx.y * rows_per_chunk;
+  const int64_t row_end = row_begin + rows_per_chunk < rows ? row_begin + rows_per_chunk : rows;
+  return {active, nhwc_feature_quad(active ? fq : 0, layout.channels, layout.pixels), row_begin,
+          row_end};
+}
+#endif  // __CUDACC__
+
 }  // namespace cuda
 }  // namespace fastnoise

@@ -62,18 +62,15 @@ __global__ void noise_backward_nhwc_kernel(const T* __restrict__ grad,
                                            uint64_t offset,
                                            const int64_t* __restrict__ device_state) {
   read_device_state(device_state, seed, offset);
-  const int64_t fq = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  const bool active = fq < features / 4;
-  const NhwcFeatureQuad at = nhwc_feature_quad(active ? fq : 0, layout.channels, layout.pixels);
-  const int64_t row_begin = blockIdx.y * rows_per_chunk;
-  const int64_t row_end = row_begin + rows_per_chunk < rows ? row_begin + rows_per_chunk : rows;
+  const NhwcReductionThread t = nhwc_reduction_thread(rows, features, layout, rows_per_chunk);
   opmath_t acc[1][4] = {{0, 0, 0, 0}};
-  if (active) {
-    noise_grad_nhwc_rows<T, opmath_t>(grad, at, features, layout.channels,
-                                      row_begin + threadIdx.y, row_end, blockDim.y, seed, offset,
-                                      acc[0]);
+  if (t.active) {
+    noise_grad_nhwc_rows<T, opmath_t>(grad, t.at, features, layout.channels,
+                                      t.row_begin + threadIdx.y, t.row_end, blockDim.y, seed,
+                                      offset, acc[0]);
   }
-  block_sum_store(acc, out + blockIdx.y * features, 0, active ? at.feature : features, features);
+  block_sum_store(acc, out + blockIdx.y * features, 0, t.active ? t.at.feature : features,
+                  features);
 }
 
 }  // namespace

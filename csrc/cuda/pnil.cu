@@ -72,22 +72,18 @@ __global__ void pnil_backward_nhwc_kernel(const T* __restrict__ grad, const T* _
                                           int64_t rows_per_chunk, uint64_t seed, uint64_t offset,
                                           const int64_t* __restrict__ device_state) {
   read_device_state(device_state, seed, offset);
-  const int64_t fq = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  const bool active = fq < features / 4;
-  const NhwcFeatureQuad at = nhwc_feature_quad(active ? fq : 0, layout.channels, layout.pixels);
-  const int64_t row_begin = blockIdx.y * rows_per_chunk;
-  const int64_t row_end = row_begin + rows_per_chunk < rows ? row_begin + rows_per_chunk : rows;
+  const NhwcReductionThread t = nhwc_reduction_thread(rows, features, layout, rows_per_chunk);
   opmath_t acc[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
-  if (active) {
+  if (t.active) {
     opmath_t w[4], b[4];  // the same for every row: loaded once
-    load_elements(weight + at.feature, 4, false, w);
-    load_elements(bias + at.feature, 4, false, b);
-    pnil_grad_nhwc_rows<T, opmath_t>(grad, x, w, b, grad_x, at, features, layout.channels,
-                                     row_begin + threadIdx.y, row_end, blockDim.y, seed, offset,
-                                     acc[0], acc[1]);
+    load_elements(weight + t.at.feature, 4, false, w);
+    load_elements(bias + t.at.feature, 4, false, b);
+    pnil_grad_nhwc_rows<T, opmath_t>(grad, x, w, b, grad_x, t.at, features, layout.channels,
+                                     t.row_begin + threadIdx.y, t.row_end, blockDim.y, seed,
+                                     offset, acc[0], acc[1]);
   }
   block_sum_store(acc, out + blockIdx.y * features, static_cast<int64_t>(gridDim.y) * features,
-                  active ? at.feature : features, features);
+                  t.active ? t.at.feature : features, features);
 }
 
 }  // namespace
