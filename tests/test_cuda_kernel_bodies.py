@@ -68,6 +68,7 @@ def bodies(tmp_path_factory) -> ctypes.CDLL:
     lib.pnil_backward.argtypes = [i32, *[ptr] * 6, i64, *geometry, u64, u64, i64]
     box = [ctypes.c_double] * 3  # eps, lo, hi
     lib.random_start.argtypes = [i32, ptr, ptr, i64, i64, i64, *box, u64, u64, i64]
+    lib.pgd_step.argtypes = [i32, *[ptr] * 4, i64, *[ctypes.c_double] * 4, i64]
     return lib
 
 
@@ -125,6 +126,13 @@ def _random_start(lib, x, eps, seed, offset, project, threads) -> torch.Tensor:
     lo, hi = (0.0, 1.0) if project else (-math.inf, math.inf)
     lib.random_start(DTYPE_CODES[x.dtype], x.data_ptr(), out.data_ptr(), x.numel(), channels,
                      pixels, eps, lo, hi, seed, offset, threads)  # fmt: skip
+    return out
+
+
+def _pgd_step(lib, x, grad, x_orig, step, eps, threads) -> torch.Tensor:
+    out = torch.empty_like(x)
+    lib.pgd_step(DTYPE_CODES[x.dtype], x.data_ptr(), grad.data_ptr(), x_orig.data_ptr(),
+                 out.data_ptr(), x.numel(), step, eps, 0.0, 1.0, threads)  # fmt: skip
     return out
 
 
@@ -204,6 +212,31 @@ def test_random_start_bodies_match_the_spec(bodies, shape, channels_last, dtype)
         _close(outputs[0], want)
         for other in outputs[1:]:
             assert torch.equal(other, outputs[0])
+
+
+@pytest.mark.parametrize("dtype", list(DTYPE_CODES), ids=str)
+@pytest.mark.parametrize(("shape", "channels_last"), CASES, ids=CASE_IDS)
+def test_pgd_step_body_equals_the_spec_bit_for_bit(bodies, shape, channels_last, dtype):
+    """The step draws no noise, so it runs flat over memory in either layout; sign(0) = 0,
+    and a NaN iterate, gradient-free origin or pixel stays NaN (never a bound)."""
+    g = torch.Generator().manual_seed(sum(shape) + 3)
+    x = _inputs(shape, dtype, channels_last, g).abs().clamp(max=1.0)
+    grad = torch.where(_inputs(shape, torch.float32, channels_last, g).abs() < 0.3, 0.0, 1.0)
+    grad = (grad * _inputs(shape, torch.float32, channels_last, g)).to(dtype)
+    x_orig = (x + 0.01 * _inputs(shape, torch.float32, channels_last, g)).to(dtype)
+    x, x_orig = x.clone(), x_orig.clone()  # dense: clone keeps the layout
+
+    def memory(t: torch.Tensor) -> torch.Tensor:  # the elements in memory order
+        return t.as_strided((t.numel(),), (1,))
+
+    picks = torch.randperm(x.numel(), generator=g)[:2]
+    memory(x)[picks[0]] = float("nan")
+    memory(x_orig)[picks[1]] = float("nan")
+    want = ref.pgd_step(x, grad, x_orig, 0.01, 8 / 255, 0.0, 1.0)
+    for threads in THREADS:
+        got = _pgd_step(bodies, x, grad, x_orig, 0.01, 8 / 255, threads)
+        torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    assert int(want.isnan().sum()) == 2  # both NaNs reach the result
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

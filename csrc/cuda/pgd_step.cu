@@ -1,43 +1,21 @@
 // One L-inf PGD iterate in a single pass:
 // x' = clip(min(max(x + step * sign(g), x0 - eps), x0 + eps), lo, hi).
-// Four elements per thread, one access each for x, grad, x0 and out where aligned.
-#include "../clamp.h"
-#include "device_utils.h"
+// Four elements per thread, one access each for x, grad, x0 and out where aligned
+// (body in pgd_step_body.h). channels_last tensors run flat: the step draws no noise.
+#include "pgd_step_body.h"
 
 namespace fastnoise {
 namespace cuda {
 namespace {
-
-// Elements 4 * quad_index .. + 3 (fewer at the end); quad: every pointer aligned.
-template <typename T, typename opmath_t>
-FASTNOISE_HD void pgd_step_quad(const T* x, const T* grad, const T* x_orig, T* out,
-                                int64_t numel, int64_t quad_index, opmath_t step, opmath_t eps,
-                                opmath_t lo, opmath_t hi, bool quad) {
-  const int64_t i = 4 * quad_index;
-  const int n = lanes_left(numel - i);
-  opmath_t v[4], g[4], x0[4];
-  load_elements(x + i, n, quad, v);
-  load_elements(grad + i, n, quad, g);
-  load_elements(x_orig + i, n, quad, x0);
-#pragma unroll
-  for (int lane = 0; lane < 4; ++lane) {
-    const opmath_t sign =
-        static_cast<opmath_t>(g[lane] > 0) - static_cast<opmath_t>(g[lane] < 0);
-    const opmath_t moved = v[lane] + step * sign;
-    // x0 may be NaN: then so is the result
-    v[lane] = clamp_keep_nan(clamp_keep_nan(moved, x0[lane] - eps, x0[lane] + eps), lo, hi);
-  }
-  store_elements(out + i, n, quad, v);
-}
 
 template <typename T, typename opmath_t>
 __global__ void pgd_step_kernel(const T* __restrict__ x, const T* __restrict__ grad,
                                 const T* __restrict__ x_orig, T* __restrict__ out, int64_t numel,
                                 opmath_t step, opmath_t eps, opmath_t lo, opmath_t hi,
                                 bool quad) {
-  FASTNOISE_GRID_STRIDE(quad_index, (numel + 3) / 4) {
-    pgd_step_quad(x, grad, x_orig, out, numel, quad_index, step, eps, lo, hi, quad);
-  }
+  pgd_step_thread(x, grad, x_orig, out, numel,
+                  blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x,
+                  static_cast<int64_t>(gridDim.x) * blockDim.x, step, eps, lo, hi, quad);
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "noise_body.h"
+#include "pgd_step_body.h"
 #include "pnil_body.h"
 #include "random_start_body.h"
 
@@ -185,6 +186,23 @@ void random_start(int dtype, const void* x, void* out, int64_t numel, int64_t ch
       } else {
         random_start_thread<T, O>(xs, os, numel, t, threads, e, l, h, seed, offset, quad);
       }
+    }
+  });
+}
+
+// Flat over memory, as register_cuda.cpp runs three tensors of one layout.
+void pgd_step(int dtype, const void* x, const void* grad, const void* x_orig, void* out,
+              int64_t numel, double step, double eps, double lo, double hi, int64_t threads) {
+  with_dtype(dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    using O = typename OpMath<T>::type;
+    const bool quad = quad_aligned<T>(x) && quad_aligned<T>(grad) && quad_aligned<T>(x_orig) &&
+                      quad_aligned<T>(out);
+    for (int64_t t = 0; t < threads; ++t) {
+      pgd_step_thread<T, O>(static_cast<const T*>(x), static_cast<const T*>(grad),
+                            static_cast<const T*>(x_orig), static_cast<T*>(out), numel, t,
+                            threads, static_cast<O>(step), static_cast<O>(eps),
+                            static_cast<O>(lo), static_cast<O>(hi), quad);
     }
   });
 }
