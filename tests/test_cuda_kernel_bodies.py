@@ -47,8 +47,11 @@ def _cuda_include() -> Path | None:
 def bodies(tmp_path_factory) -> ctypes.CDLL:
     compiler = shutil.which("g++") or shutil.which("c++")
     include = _cuda_include()
-    if compiler is None or include is None:
-        pytest.skip("needs a C++ compiler and the CUDA toolkit's headers (CUDA_HOME)")
+    if compiler is None or include is None or torch.version.cuda is None:
+        pytest.skip(
+            "needs a C++ compiler, the CUDA toolkit's headers (CUDA_HOME) and a CUDA build of "
+            "torch (its ATen/cuda headers), as the extension's CUDA sources do"
+        )
     from torch.utils.cpp_extension import include_paths
 
     library = tmp_path_factory.mktemp("cuda_host") / "kernel_bodies.so"
