@@ -57,6 +57,8 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 // ---- the backend ops, looked up once ------------------------------------------------
+// Their activation-shaped outputs come back in x's layout (in_layout_of, common.h), so the
+// front door passes them on as they are.
 
 template <typename Signature>
 c10::TypedOperatorHandle<Signature> backend_op(const char* name) {
@@ -270,8 +272,7 @@ class NoiseInjection : public torch::autograd::Function<NoiseInjection> {
     ctx->saved_data["seed"] = seed;
     ctx->saved_data["offset"] = offset;
     ctx->saved_data["magnitude"] = magnitude;
-    return in_layout_of(noise_forward(x, magnitude ? magnitude_of(sigma) : sigma, seed, offset),
-                        x);
+    return noise_forward(x, magnitude ? magnitude_of(sigma) : sigma, seed, offset);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -295,7 +296,7 @@ class CapturedNoiseInjection : public torch::autograd::Function<CapturedNoiseInj
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({sigma, state});
     ctx->saved_data["magnitude"] = magnitude;
-    return in_layout_of(noise_forward_dev(x, magnitude ? magnitude_of(sigma) : sigma, state), x);
+    return noise_forward_dev(x, magnitude ? magnitude_of(sigma) : sigma, state);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -322,9 +323,9 @@ Tensor inject_with_autograd(const Tensor& x, const Tensor& sigma, std::optional<
 Tensor inject_below_autograd(const Tensor& x, const Tensor& scale, std::optional<int64_t> seed,
                              int64_t offset) {
   if (const Tensor state = captured_state(x, seed, offset); state.defined()) {
-    return in_layout_of(noise_forward_dev(x, scale, state), x);
+    return noise_forward_dev(x, scale, state);
   }
-  return in_layout_of(noise_forward(x, scale, seed_or_draw(seed, offset), offset), x);
+  return noise_forward(x, scale, seed_or_draw(seed, offset), offset);
 }
 
 void check_inject(const Tensor& x, const Tensor& sigma) {
@@ -389,7 +390,7 @@ class Pnil : public torch::autograd::Function<Pnil> {
     ctx->save_for_backward({x, weight, bias});  // x, not z: z is regenerated
     ctx->saved_data["seed"] = seed;
     ctx->saved_data["offset"] = offset;
-    return in_layout_of(pnil_forward(x, weight, bias, seed, offset), x);
+    return pnil_forward(x, weight, bias, seed, offset);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -397,7 +398,7 @@ class Pnil : public torch::autograd::Function<Pnil> {
     auto [gx, gw, gb] = pnil_backward(grads[0], saved[0], saved[1], saved[2],
                                       ctx->saved_data["seed"].toInt(),
                                       ctx->saved_data["offset"].toInt());
-    return {in_layout_of(gx, saved[0]), gw, gb, Tensor(), Tensor()};
+    return {gx, gw, gb, Tensor(), Tensor()};
   }
 };
 
@@ -409,13 +410,13 @@ class CapturedPnil : public torch::autograd::Function<CapturedPnil> {
                         const Tensor& bias, const Tensor& state) {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({x, weight, bias, state});
-    return in_layout_of(pnil_forward_dev(x, weight, bias, state), x);
+    return pnil_forward_dev(x, weight, bias, state);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     auto [gx, gw, gb] = pnil_backward_dev(grads[0], saved[0], saved[1], saved[2], saved[3]);
-    return {in_layout_of(gx, saved[0]), gw, gb, Tensor()};
+    return {gx, gw, gb, Tensor()};
   }
 };
 
@@ -438,9 +439,9 @@ Tensor pnil_plain(const Tensor& x, const Tensor& weight, const Tensor& bias,
                   std::optional<int64_t> seed, int64_t offset) {
   check_pnil(x, weight, bias);
   if (const Tensor state = captured_state(x, seed, offset); state.defined()) {
-    return in_layout_of(pnil_forward_dev(x, weight, bias, state), x);
+    return pnil_forward_dev(x, weight, bias, state);
   }
-  return in_layout_of(pnil_forward(x, weight, bias, seed_or_draw(seed, offset), offset), x);
+  return pnil_forward(x, weight, bias, seed_or_draw(seed, offset), offset);
 }
 
 }  // namespace
@@ -499,7 +500,7 @@ Tensor random_start_draw(const Tensor& x, double eps, std::optional<int64_t> see
 // not recompile (the contract of fastnoise/_ops.py, whose custom ops these replace on the
 // extension's devices: the graph then calls C++ with no Python in between).
 
-// A state on x's device (fresh_rng_state on CUDA) is read there by the .device_state
+// A state on x's device (fresh_rng_state's on CUDA) is read there by the .device_state
 // kernels, which check it; a CPU one is read here.
 bool on_device(const Tensor& rng_state) { return !rng_state.is_cpu(); }
 
@@ -534,16 +535,16 @@ c10::TypedOperatorHandle<Signature> overload(const char* name, const char* overl
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, overload_name).typed<Signature>();
 }
 
-// A fresh [seed, offset] for a compiled graph, drawn as seed=None draws it: one C++ call
-// instead of a traced torch.randint plus a cat. On the CPU (fake tensors under tracing
-// reach the fake kernel) it is a CPU tensor. On CUDA it is the device state of capture
+// A fresh [seed, offset] for the .fresh ops of a compiled graph, drawn as seed=None draws
+// it. On the CPU (fake tensors under tracing reach the fake kernels) it is a CPU tensor.
+// On CUDA it is the device state of capture
 // (cuda/graph_rng.h), at any time: a compiled graph then holds no CPU tensor, so inductor
 // can capture it with CUDA graphs, and each replay draws fresh noise; as in capture, the
 // offset is checked and otherwise unused.
 Tensor fresh_rng_state(const Tensor& x, int64_t offset) {
   if (x.is_cuda()) {
     const auto fn = graph_rng::captured_state_fn.load(std::memory_order_acquire);
-    TORCH_CHECK(fn != nullptr, "fresh_rng_state: this fastnoise_C build has no CUDA kernels");
+    TORCH_CHECK(fn != nullptr, "seed=None on CUDA: this fastnoise_C build has no CUDA kernels");
     TORCH_CHECK_VALUE(offset >= 0, "offset must be in [0, 2**63), got ", offset);
     return fn(x, (x.numel() + 3) / 4, /*any_time=*/true);
   }
@@ -556,9 +557,9 @@ Tensor fresh_rng_state(const Tensor& x, int64_t offset) {
 
 Tensor inject_noise_state_plain(const Tensor& x, const Tensor& sigma, const Tensor& rng_state) {
   check_non_negative(sigma, "sigma");
-  if (on_device(rng_state)) return in_layout_of(noise_forward_dev(x, sigma, rng_state), x);
+  if (on_device(rng_state)) return noise_forward_dev(x, sigma, rng_state);
   const auto [seed, offset] = unpack_rng_state(rng_state);
-  return in_layout_of(noise_forward(x, sigma, seed, offset), x);
+  return noise_forward(x, sigma, seed, offset);
 }
 
 Tensor noise_backward_sigma_state(const Tensor& grad_y, const Tensor& sigma,
@@ -627,21 +628,17 @@ Tensor inject_noise_abs_state_autograd(const Tensor& x, const Tensor& sigma,
 
 Tensor pnil_state_plain(const Tensor& x, const Tensor& weight, const Tensor& bias,
                         const Tensor& rng_state) {
-  if (on_device(rng_state)) return in_layout_of(pnil_forward_dev(x, weight, bias, rng_state), x);
+  if (on_device(rng_state)) return pnil_forward_dev(x, weight, bias, rng_state);
   const auto [seed, offset] = unpack_rng_state(rng_state);
-  return in_layout_of(pnil_forward(x, weight, bias, seed, offset), x);
+  return pnil_forward(x, weight, bias, seed, offset);
 }
 
 std::tuple<Tensor, Tensor, Tensor> pnil_backward_state(const Tensor& grad_y, const Tensor& x,
                                                        const Tensor& weight, const Tensor& bias,
                                                        const Tensor& rng_state) {
-  if (on_device(rng_state)) {
-    auto [gx, gw, gb] = pnil_backward_dev(grad_y, x, weight, bias, rng_state);
-    return {in_layout_of(gx, x), gw, gb};
-  }
+  if (on_device(rng_state)) return pnil_backward_dev(grad_y, x, weight, bias, rng_state);
   const auto [seed, offset] = unpack_rng_state(rng_state);
-  auto [gx, gw, gb] = pnil_backward(grad_y, x, weight, bias, seed, offset);
-  return {in_layout_of(gx, x), gw, gb};
+  return pnil_backward(grad_y, x, weight, bias, seed, offset);
 }
 
 class PnilState : public torch::autograd::Function<PnilState> {
@@ -678,9 +675,9 @@ Tensor pnil_state_autograd(const Tensor& x, const Tensor& weight, const Tensor& 
 }
 
 // ---- seed=None under torch.compile: the draw inside the forward op ----------------------
-// inject_noise.fresh, .abs_fresh and pnil.fresh draw [seed, offset] as fresh_rng_state does
-// and return it beside y, for the backward to regenerate the noise from: one op call (a
-// compiled graph calls each op from Python) instead of fresh_rng_state plus the .state op.
+// inject_noise.fresh, .abs_fresh and pnil.fresh draw [seed, offset] (fresh_rng_state) and
+// return it beside y, for the backward to regenerate the noise from: one op call (a
+// compiled graph calls each op from Python), where a separate draw op made two.
 // The state is an output, not a hidden tensor, so AOT autograd hands it to the backward.
 using Fresh = std::tuple<Tensor, Tensor>;
 
@@ -846,7 +843,6 @@ TORCH_LIBRARY_IMPL(fastnoise_C, CompositeExplicitAutograd, m) {
   m.impl("inject_noise.abs", &fastnoise::front::inject_noise_abs_plain);
   m.impl("pnil", &fastnoise::front::pnil_plain);
   m.impl("random_start.draw", &fastnoise::front::random_start_draw);
-  m.impl("fresh_rng_state", &fastnoise::front::fresh_rng_state);
   m.impl("inject_noise.state", &fastnoise::front::inject_noise_state_plain);
   m.impl("noise_backward_sigma.state", &fastnoise::front::noise_backward_sigma_state);
   m.impl("inject_noise.abs_state", &fastnoise::front::inject_noise_abs_state_plain);

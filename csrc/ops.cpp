@@ -59,10 +59,9 @@ void define_ops(torch::Library& m) {
   m.def(
       "random_start.draw(Tensor x, float eps, int? seed, int offset, float clip_min,"
       " float clip_max, bool project) -> Tensor");
-  // The torch.compile path: rng_state = [seed, offset] (int64) and bounds = [step_size,
-  // eps, clip_min, clip_max] (float64) are CPU tensors, graph inputs rather than constants.
-  // Tagged so inductor neither constant-folds nor deduplicates the draw.
-  m.def("fresh_rng_state(Tensor x, int offset) -> Tensor", {at::Tag::nondeterministic_seeded});
+  // The torch.compile path with a given seed: rng_state = [seed, offset] (int64) and
+  // bounds = [step_size, eps, clip_min, clip_max] (float64) are CPU tensors, graph inputs
+  // rather than constants.
   m.def("inject_noise.state(Tensor x, Tensor sigma, Tensor rng_state) -> Tensor");
   m.def("noise_backward_sigma.state(Tensor grad_y, Tensor sigma, Tensor rng_state) -> Tensor");
   // inject_noise.abs's compiled form: |sigma| taken inside the op, so a compiled graph has
@@ -76,16 +75,17 @@ void define_ops(torch::Library& m) {
       " Tensor rng_state) -> (Tensor, Tensor, Tensor)");
   m.def("pgd_step.state(Tensor x_adv, Tensor grad, Tensor x_orig, Tensor bounds) -> Tensor");
   m.def("random_start.state(Tensor x, Tensor rng_state, Tensor bounds, bool project) -> Tensor");
-  // seed=None under torch.compile: [seed, offset] drawn inside the forward op (as
-  // fresh_rng_state draws it) and returned beside y for the backward: one call, not two.
+  // seed=None under torch.compile: [seed, offset] drawn inside the forward op (in C++, as
+  // eager seed=None draws it; a device tensor on CUDA) and returned beside y for the
+  // backward. Tagged so inductor neither constant-folds nor deduplicates the draw.
   m.def("inject_noise.fresh(Tensor x, Tensor sigma, int offset) -> (Tensor, Tensor)",
         {at::Tag::nondeterministic_seeded});
   m.def("inject_noise.abs_fresh(Tensor x, Tensor sigma, int offset) -> (Tensor, Tensor)",
         {at::Tag::nondeterministic_seeded});
   m.def("pnil.fresh(Tensor x, Tensor weight, Tensor bias, int offset) -> (Tensor, Tensor)",
         {at::Tag::nondeterministic_seeded});
-  // A compiled seed=None random start in one call: fresh_rng_state's draw inside the op (the
-  // start has no backward, so its state never needs to leave it).
+  // A compiled seed=None random start: the same draw inside the op (the start has no
+  // backward, so its state never needs to leave it).
   m.def("random_start.fresh(Tensor x, int offset, Tensor bounds, bool project) -> Tensor",
         {at::Tag::nondeterministic_seeded});
   // Which CPU tile code runs here ("avx512", "avx2" or "generic"), for benchmark headers.

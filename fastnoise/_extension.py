@@ -302,14 +302,13 @@ def _register_compile_path_fakes() -> None:
         return torch.empty_like(t, memory_format=torch.contiguous_format)
 
     def state_on(x: torch.Tensor) -> torch.device:
-        """Where fresh_rng_state's [seed, offset] lives: x's device on CUDA, else the CPU."""
+        """Where a .fresh op's [seed, offset] lives: x's device on CUDA, else the CPU."""
         return x.device if x.device.type == "cuda" else torch.device("cpu")
 
     def fresh_state(x: torch.Tensor) -> torch.Tensor:
         return torch.empty(2, dtype=torch.int64, device=state_on(x))
 
     fakes = {
-        "fresh_rng_state": lambda x, offset: fresh_state(x),
         "inject_noise": lambda x, sigma, seed, offset: like_input(x),
         "inject_noise.scalar": lambda x, sigma, seed, offset: like_input(x),
         "inject_noise.abs": lambda x, sigma, seed, offset: like_input(x),

@@ -21,7 +21,7 @@
 // into the next call's range). An eager call with the (seed, offset) read back from the
 // tensor draws the same noise.
 //
-// torch.compile on CUDA uses the same device state outside capture too (fresh_rng_state in
+// torch.compile on CUDA uses the same device state outside capture too (the .fresh ops of
 // front_door.cpp): a compiled graph then has no CPU tensor among its ops' inputs or
 // outputs, so mode="reduce-overhead" can capture it, and each replay draws fresh noise.
 #pragma once
