@@ -15,7 +15,7 @@ import torch
 from fastnoise import _ops, rng
 from fastnoise import _validation as v
 from fastnoise._backends import reference
-from fastnoise._dispatch import front_door
+from fastnoise._dispatch import backend_for, front_door
 
 __all__ = ["inject_noise", "inject_noise_abs", "pnil", "pgd_step", "random_start"]
 
@@ -87,6 +87,24 @@ def _compiled_random_start(ops, x, seed, offset: int, bounds, project: bool) -> 
     return ops.random_start.state(x, _ops.make_rng_state(seed, offset), bounds, project)
 
 
+def _triton_compiles(x: torch.Tensor) -> bool:
+    """Under torch.compile, whether the Triton backend runs ``x``'s CUDA device: the graph
+    then takes the kernels as ``triton_op``s (:mod:`fastnoise._triton_ops`), which Inductor
+    launches itself. Without the extension, that is what ``auto`` runs on a GPU."""
+    return torch.compiler.is_compiling() and _triton_runs(x.device)
+
+
+@torch.compiler.assume_constant_result
+def _triton_runs(device: torch.device) -> bool:
+    """Evaluated by dynamo at trace time, as _extension_runs: it imports the triton ops
+    (registering them) the first time it says yes."""
+    if device.type != "cuda" or backend_for(device).NAME != "triton":
+        return False
+    import fastnoise._triton_ops  # noqa: F401
+
+    return True
+
+
 @torch.compiler.assume_constant_result
 def _extension_runs(device: torch.device) -> bool:
     """Whether the extension runs ``device`` under the current choice; evaluated by
@@ -134,6 +152,10 @@ def inject_noise(
     sigma = _checked_inject_args(x, sigma, seed, offset, check_values=compiled is None)
     if compiled is not None:
         return _compiled_inject_noise(compiled, x, sigma, seed, offset, absolute=False)
+    if _triton_compiles(x):
+        from fastnoise import _triton_ops
+
+        return _triton_ops.inject_noise(x, sigma, seed, offset)
     return _ops.noise_injection(x, sigma, _ops.make_rng_state(seed, offset))
 
 
@@ -188,6 +210,10 @@ def pnil(
     compiled = _compiled_door(x)
     if compiled is not None:
         return _compiled_pnil(compiled, x, weight, bias, seed, offset)
+    if _triton_compiles(x):
+        from fastnoise import _triton_ops
+
+        return _triton_ops.pnil(x, weight, bias, seed, offset)
     return _ops.pnil(x, weight, bias, _ops.make_rng_state(seed, offset))
 
 
@@ -257,6 +283,10 @@ def random_start(
             _check_seed_offset(seed, offset)
             raise
     _check_seed_offset(seed, offset)
+    if _triton_compiles(x):
+        from fastnoise import _triton_ops
+
+        return _triton_ops.random_start(x, eps, seed, offset, lo, hi, bool(project))
     bounds = _ops.make_bounds(0.0, eps, lo, hi)
     compiled = _compiled_door(x)
     if compiled is not None:

@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from fastnoise.kernels.indexing import block_addresses, nhwc_tile
-from fastnoise.kernels.philox import uniform_rows, uniform_tile
+from fastnoise.kernels.philox import philox_key, uniform_rows, uniform_tile
 
 
 @triton.jit
@@ -107,12 +107,15 @@ def random_start_kernel(
     seed_lo: tl.uint32,
     seed_hi: tl.uint32,
     offset: tl.int64,
+    rng_state_ptr,
     PROJECT: tl.constexpr,
     TAIL: tl.constexpr,
     CHANNELS_LAST: tl.constexpr,
+    RNG_IN_MEMORY: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
+    seed_lo, seed_hi, offset = philox_key(seed_lo, seed_hi, offset, rng_state_ptr, RNG_IN_MEMORY)
     # x + eps * (2u - 1), u ~ U[0, 1] from the spec (PGD's start, RFGSM, NFGSM).
     block_start = tl.program_id(0).to(tl.int64) * BLOCK
     if TAIL:
@@ -148,11 +151,14 @@ def random_start_nhwc_kernel(
     seed_lo: tl.uint32,
     seed_hi: tl.uint32,
     offset: tl.int64,
+    rng_state_ptr,
     PROJECT: tl.constexpr,
+    RNG_IN_MEMORY: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
     BLOCK_HW: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
+    seed_lo, seed_hi, offset = philox_key(seed_lo, seed_hi, offset, rng_state_ptr, RNG_IN_MEMORY)
     # channels_last tiles as fastnoise.kernels.noise_injection.noise_forward_nhwc_kernel.
     in_hw, memory, _, counters = nhwc_tile(hw4, channels4, BLOCK_HW, BLOCK_C)
     u = tl.trans(uniform_rows(seed_lo, seed_hi, offset + counters))

@@ -14,7 +14,7 @@ from fastnoise.kernels.indexing import (
     nhwc_tile,
     reduction_tile,
 )
-from fastnoise.kernels.philox import normal_rows, normal_tile
+from fastnoise.kernels.philox import normal_rows, normal_tile, philox_key
 
 
 @triton.jit
@@ -50,11 +50,14 @@ def noise_forward_kernel(
     seed_lo: tl.uint32,
     seed_hi: tl.uint32,
     offset: tl.int64,
+    rng_state_ptr,
     TAIL: tl.constexpr,
     CHANNELS_LAST: tl.constexpr,
+    RNG_IN_MEMORY: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
+    seed_lo, seed_hi, offset = philox_key(seed_lo, seed_hi, offset, rng_state_ptr, RNG_IN_MEMORY)
     # Only the last program is masked, and only when numel % BLOCK != 0 (TAIL): see
     # fastnoise.kernels.attack_step.
     block_start = tl.program_id(0).to(tl.int64) * BLOCK
@@ -86,10 +89,13 @@ def noise_forward_nhwc_kernel(
     seed_lo: tl.uint32,
     seed_hi: tl.uint32,
     offset: tl.int64,
+    rng_state_ptr,
+    RNG_IN_MEMORY: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
     BLOCK_HW: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
+    seed_lo, seed_hi, offset = philox_key(seed_lo, seed_hi, offset, rng_state_ptr, RNG_IN_MEMORY)
     # channels_last with H*W % 4 == C % 4 == 0: z and sigma in a logical (c, hw) tile (4
     # lanes of a counter side by side, sigma contiguous), x and y in the transposed memory
     # (hw, c) tile, channels contiguous. tl.trans is a shared-memory transpose on the GPU.
@@ -114,13 +120,16 @@ def noise_backward_sigma_kernel(
     seed_lo: tl.uint32,
     seed_hi: tl.uint32,
     offset: tl.int64,
+    rng_state_ptr,
     # A constant, not an argument: triton 3.6's interpreter cannot range() over a scalar arg.
     ROWS_PER_PROGRAM: tl.constexpr,
     CLASSES: tl.constexpr,
     CHANNELS_LAST: tl.constexpr,
+    RNG_IN_MEMORY: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
     BLOCK_F: tl.constexpr,
 ):
+    seed_lo, seed_hi, offset = philox_key(seed_lo, seed_hi, offset, rng_state_ptr, RNG_IN_MEMORY)
     # Grid (feature blocks, row chunks x CLASSES): each program sums grad_y * z over its
     # rows (see reduction_rows) for BLOCK_F features and writes one partial row; the host
     # sums the partial rows, so the result does not depend on scheduling (no atomics).
@@ -150,11 +159,14 @@ def noise_backward_sigma_nhwc_kernel(
     seed_lo: tl.uint32,
     seed_hi: tl.uint32,
     offset: tl.int64,
+    rng_state_ptr,
     ROWS_PER_PROGRAM: tl.constexpr,
+    RNG_IN_MEMORY: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
     BLOCK_HW: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
+    seed_lo, seed_hi, offset = philox_key(seed_lo, seed_hi, offset, rng_state_ptr, RNG_IN_MEMORY)
     # channels_last with H*W % 4 == C % 4 == 0: grad_y in (hw, c) tiles, channels
     # contiguous (vector loads); z from the logical (c, hw) tile, transposed on chip. The
     # partial row is stored transposed back, in logical feature order, as the other kernel.

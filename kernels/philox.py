@@ -148,3 +148,16 @@ def uniform_rows(seed_lo, seed_hi, counter):
         tl.join(word_to_uniform(w1), word_to_uniform(w3)),
     )
     return tl.reshape(u, (counter.shape[0], counter.shape[1] * 4))
+
+
+@triton.jit
+def philox_key(seed_lo, seed_hi, offset, rng_state_ptr, RNG_IN_MEMORY: tl.constexpr):
+    """The kernel's Philox key words and counter offset: its scalar arguments, or, with
+    RNG_IN_MEMORY, the int64 ``[seed, offset]`` at ``rng_state_ptr`` (a device tensor, so a
+    torch.compile'd or CUDA-graph-captured launch takes a seed drawn on the device)."""
+    if RNG_IN_MEMORY:
+        seed = tl.load(rng_state_ptr)
+        seed_lo = (seed & 0xFFFFFFFF).to(tl.uint32)  # as launch.split_seed
+        seed_hi = (seed >> 32).to(tl.uint32)
+        offset = tl.load(rng_state_ptr + 1)
+    return seed_lo, seed_hi, offset

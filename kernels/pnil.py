@@ -15,7 +15,7 @@ from fastnoise.kernels.indexing import (
     nhwc_tile,
     reduction_tile,
 )
-from fastnoise.kernels.philox import normal_rows, normal_tile
+from fastnoise.kernels.philox import normal_rows, normal_tile, philox_key
 
 
 @triton.jit
@@ -51,11 +51,14 @@ def pnil_forward_kernel(
     seed_lo: tl.uint32,
     seed_hi: tl.uint32,
     offset: tl.int64,
+    rng_state_ptr,
     TAIL: tl.constexpr,
     CHANNELS_LAST: tl.constexpr,
+    RNG_IN_MEMORY: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
+    seed_lo, seed_hi, offset = philox_key(seed_lo, seed_hi, offset, rng_state_ptr, RNG_IN_MEMORY)
     # Only the last program is masked, and only when numel % BLOCK != 0 (TAIL).
     block_start = tl.program_id(0).to(tl.int64) * BLOCK
     if TAIL:
@@ -87,10 +90,13 @@ def pnil_forward_nhwc_kernel(
     seed_lo: tl.uint32,
     seed_hi: tl.uint32,
     offset: tl.int64,
+    rng_state_ptr,
+    RNG_IN_MEMORY: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
     BLOCK_HW: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
+    seed_lo, seed_hi, offset = philox_key(seed_lo, seed_hi, offset, rng_state_ptr, RNG_IN_MEMORY)
     # channels_last tiles as noise_forward_nhwc_kernel: z, W and B transposed from logical
     # (c, hw) tiles, x and y in (hw, c) tiles with the channels contiguous.
     in_hw, memory, logical, counters = nhwc_tile(hw4, channels4, BLOCK_HW, BLOCK_C)
@@ -119,13 +125,16 @@ def pnil_backward_kernel(
     seed_lo: tl.uint32,
     seed_hi: tl.uint32,
     offset: tl.int64,
+    rng_state_ptr,
     # A constant, not an argument: triton 3.6's interpreter cannot range() over a scalar arg.
     ROWS_PER_PROGRAM: tl.constexpr,
     CLASSES: tl.constexpr,
     CHANNELS_LAST: tl.constexpr,
+    RNG_IN_MEMORY: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
     BLOCK_F: tl.constexpr,
 ):
+    seed_lo, seed_hi, offset = philox_key(seed_lo, seed_hi, offset, rng_state_ptr, RNG_IN_MEMORY)
     # Same grid and rows as noise_backward_sigma_kernel.
     chunk_start, first_row, block_start, feature, feature_mask, in_row = reduction_tile(
         features, hw, channels, ROWS_PER_PROGRAM, CLASSES, CHANNELS_LAST, BLOCK_F
@@ -169,11 +178,14 @@ def pnil_backward_nhwc_kernel(
     seed_lo: tl.uint32,
     seed_hi: tl.uint32,
     offset: tl.int64,
+    rng_state_ptr,
     ROWS_PER_PROGRAM: tl.constexpr,
+    RNG_IN_MEMORY: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
     BLOCK_HW: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
+    seed_lo, seed_hi, offset = philox_key(seed_lo, seed_hi, offset, rng_state_ptr, RNG_IN_MEMORY)
     # channels_last tiles as noise_backward_sigma_nhwc_kernel: grad_y, x and grad_x in
     # (hw, c) tiles (vector accesses), z, W and B transposed from logical (c, hw) tiles.
     features, in_hw, in_row, logical, counters = nhwc_feature_tile(

@@ -1,10 +1,13 @@
 """Shared test configuration."""
 
+import importlib
 import os
+import sys
 from pathlib import Path
 
 import matplotlib
 import pytest
+import torch
 
 matplotlib.use("Agg")  # tests write plots; no screen here or in CI
 
@@ -58,3 +61,46 @@ def data_root() -> Path:
             "default root (set FASTNOISE_DATA_ROOT)"
         )
     return root
+
+
+# ---- the Triton tests' device and backend (test_triton*.py) ----------------------------
+
+
+def _reload_kernels() -> None:
+    from triton_launches import KERNEL_MODULES  # imports triton: only for the Triton tests
+
+    for name in KERNEL_MODULES:
+        if name in sys.modules:
+            importlib.reload(sys.modules[name])
+        else:
+            importlib.import_module(name)
+
+
+@pytest.fixture(scope="module")
+def device():
+    """The Triton tests' device: "cuda" on a GPU, else "cpu" with the kernels in Triton's
+    interpreter: TRITON_INTERPRET=1 and the kernel modules re-imported (``@triton.jit``
+    reads the variable when it decorates), both undone after the module."""
+    if torch.cuda.is_available():
+        yield "cuda"
+        return
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    _reload_kernels()
+    try:
+        yield "cpu"
+    finally:
+        if previous is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
+        _reload_kernels()
+
+
+@pytest.fixture(scope="module")
+def tb(device):
+    from fastnoise._backends import triton as triton_backend
+
+    assert triton_backend.unavailable_reason() is None
+    assert triton_backend.supports(torch.device(device))
+    return triton_backend

@@ -1,14 +1,11 @@
 """Triton kernels against the pure-torch reference (the spec).
 
 On a machine with CUDA the kernels run on the GPU. Without one they run in Triton's
-CPU interpreter: the module fixture sets TRITON_INTERPRET=1 and re-imports the kernel
-modules (``@triton.jit`` reads the variable when it decorates), then undoes both, so
-the rest of the test session is unaffected.
+CPU interpreter (the ``device`` and ``tb`` fixtures of conftest.py).
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 import sys
@@ -23,7 +20,6 @@ from fastnoise._backends import reference as ref  # noqa: E402
 from fastnoise._dispatch import use_backend  # noqa: E402
 
 from tolerances import assert_close_ulps  # noqa: E402
-from triton_launches import KERNEL_MODULES  # noqa: E402  (the one list of kernel modules)
 
 # Both sides round once from float32 math to the output dtype; they may differ by the
 # float32 error of z (~1e-6 relative) and, in fp16/bf16, one ulp of the output dtype
@@ -36,41 +32,6 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SHAPES = [(2, 3, 5, 7), (4, 16, 8, 8), (3, 10), (1, 1), (5, 2, 3)]
 SEED_OFFSETS = [(1234, 0), (2**62 + 99, 2**32 - 3), (7, 2**40 + 1)]
-
-
-def _reload_kernels() -> None:
-    for name in KERNEL_MODULES:
-        if name in sys.modules:
-            importlib.reload(sys.modules[name])
-        else:
-            importlib.import_module(name)
-
-
-@pytest.fixture(scope="module")
-def device():
-    if torch.cuda.is_available():
-        yield "cuda"
-        return
-    previous = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    _reload_kernels()
-    try:
-        yield "cpu"
-    finally:
-        if previous is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = previous
-        _reload_kernels()
-
-
-@pytest.fixture(scope="module")
-def tb(device):
-    from fastnoise._backends import triton as triton_backend
-
-    assert triton_backend.unavailable_reason() is None
-    assert triton_backend.supports(torch.device(device))
-    return triton_backend
 
 
 def _close(actual, expected, dtype=None):
@@ -645,12 +606,15 @@ count = 0
 for kernel, dtype, flag in itertools.product(kernels, ["fp32", "bf16", "fp64"], [False, True]):
     compute = tl.float64 if dtype == "fp64" else tl.float32
     flags = {"CHANNELS_LAST": flag, "ROWS_ALIGNED": not flag, "PROJECT": flag, "TAIL": flag,
-             "ROWS_PER_PROGRAM": 8, "COMPUTE_DTYPE": compute, "BLOCK": 1024, "BLOCK_F": 1024}
+             "RNG_IN_MEMORY": flag, "ROWS_PER_PROGRAM": 8, "COMPUTE_DTYPE": compute,
+             "BLOCK": 1024, "BLOCK_F": 1024}
     constexprs, signature = {}, {}
     for i, name in enumerate(kernel.arg_names):
         if name in flags:
             constexprs[(i,)] = flags[name]
             signature[name] = "constexpr"
+        elif name == "rng_state_ptr":  # int64 [seed, offset]
+            signature[name] = "*i64"
         elif name == "out_ptr" and kernel is philox.random_words_kernel:
             signature[name] = "*i64"
         elif name in ACCUMULATORS:

@@ -39,6 +39,7 @@ KINDS = [
     (torch.bfloat16, "contiguous", "unaligned"),
     (torch.float64, "contiguous", "aligned"),
 ]
+DEVICE_RNG = "device-rng"  # the kind suffix of the triton ops' launches
 # The noise kernels' seeds and offsets, each side of 2**31, 2**32 and 2**63 - 1.
 EXTREME_SEED_OFFSETS = [(5, 0), (2**31, 2**31), (2**40 + 1, 2**40 + 1), (2**63 - 1, 2**62)]
 
@@ -60,6 +61,20 @@ def _call_every_op(tb, shape, dtype, layout, seed=5, offset=0, projects=(True, F
     tb.pgd_step(x, grad, x, 0.01, 0.03, 0.0, 1.0)
     for project in projects:
         tb.random_start(x, 0.03, seed, offset, 0.0, 1.0, project)
+
+
+def _call_every_device_rng_op(tb, shape, dtype, layout):
+    """The launches of fastnoise._triton_ops (torch.compile on CUDA): the random state in
+    memory (RNG_IN_MEMORY), as the ops pass it."""
+    x, grad = _tensor(shape, dtype, layout), _tensor(shape, dtype, layout)
+    sigma = torch.rand(shape[1:])
+    weight, bias = torch.randn(shape[1:]), torch.randn(shape[-1])
+    rng = tb.device_rng(torch.tensor([5, 0]))
+    tb.noise_forward_rng(x, sigma, rng)
+    tb.noise_backward_sigma_rng(grad, sigma, rng)
+    tb.pnil_forward_rng(x, weight, bias, rng)
+    tb.pnil_backward_rng(grad, x, weight, bias, rng)
+    tb.random_start_rng(x, 0.03, 0.0, 1.0, True, rng)
 
 
 class Variant(NamedTuple):
@@ -88,6 +103,10 @@ def _variants():
             labelled += [(f"{name}/{layout}/{alignment}", x) for x in launches[start:]]
         tb.random_words(1000, 5, 0, torch.device("cpu"))  # the bit-exactness check's
         labelled.append(("int64/contiguous/unaligned", launches[-1]))
+        for layout in LAYOUTS:
+            start = len(launches)
+            _call_every_device_rng_op(tb, SHAPES["aligned"], torch.float32, layout)
+            labelled += [(f"float32/{layout}/aligned/{DEVICE_RNG}", x) for x in launches[start:]]
     unique = {}
     for kind, launch in labelled:
         unique.setdefault(tl.cache_key(launch), (kind, launch))
@@ -201,6 +220,28 @@ def test_channels_last_fp32_paths_use_128_bit_accesses(compiled):
         registers = tl.resource_usage(variant.compiled)["reg"]
         baseline = tl.resource_usage(first[(contiguous, "float32/contiguous/aligned")].compiled)
         assert registers <= baseline["reg"] + 8, (str(variant), registers, baseline)
+
+
+def test_device_rng_variants_access_memory_as_the_scalar_seed_ones(compiled):
+    # The triton ops (torch.compile on CUDA) read [seed, offset] from device memory: two
+    # scalar loads per program, nothing else changed: the same 128-bit accesses of the
+    # tensors, about the same registers.
+    first = {}
+    for v in _ok(compiled):
+        first.setdefault((v.kernel, v.kind), v)
+    device_rng = [v for v in _ok(compiled) if v.kind.endswith(DEVICE_RNG)]
+    launched = {k.fn.__name__ for k in tl.kernels()} - {"random_words_kernel", "pgd_step_kernel"}
+    assert {v.kernel for v in device_rng} == launched
+    for variant in device_rng:
+        assert variant.launch.kwargs["RNG_IN_MEMORY"] is True, str(variant)
+        scalar = first[(variant.kernel, variant.kind.removesuffix("/" + DEVICE_RNG))]
+        assert scalar.launch.kwargs["RNG_IN_MEMORY"] is False, str(scalar)
+        accesses = collections.Counter(tl.tensor_accesses(variant.compiled))
+        expected = collections.Counter(tl.tensor_accesses(scalar.compiled))
+        expected["ld.global.b64"] += 2  # the seed and the offset
+        assert accesses == expected, (str(variant), dict(accesses), dict(expected))
+        registers = tl.resource_usage(variant.compiled)["reg"]
+        assert registers <= tl.resource_usage(scalar.compiled)["reg"] + 8, str(variant)
 
 
 def test_unaligned_backward_rows_cost_one_philox_call_per_four_elements(compiled):

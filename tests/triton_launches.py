@@ -48,15 +48,15 @@ def _reload() -> None:
 
 
 def kernels() -> list[JITFunction]:
-    """Every ``@triton.jit`` kernel (a public function with a ``*_ptr`` argument) of the
-    modules; ``_``-prefixed helpers (a kernel's masked and mask-free bodies) are inlined."""
+    """Every ``@triton.jit`` kernel (a ``*_kernel`` function) the modules define; the
+    other jitted functions are helpers the kernels inline."""
     found = []
     for name in KERNEL_MODULES:
         for value in vars(sys.modules[name]).values():
             if (
                 isinstance(value, JITFunction)
-                and not value.fn.__name__.startswith("_")
-                and any(a.endswith("_ptr") for a in value.arg_names)
+                and value.fn.__module__ == name
+                and value.fn.__name__.endswith("_kernel")
             ):
                 found.append(value)
     return found

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -83,9 +84,40 @@ def _device_guard(device: torch.device):
 
 
 def _launch(kernel, grid, device: torch.device, *args, **kwargs) -> None:
-    """``kernel[grid](*args, **kwargs)`` on ``device`` (the tensors' device)."""
+    """``kernel[grid](*args, **kwargs)`` on ``device`` (the tensors' device).
+
+    Launches with the random state in device memory come from the triton ops
+    (:mod:`fastnoise._triton_ops`), which torch.compile traces: they go through
+    ``wrap_triton``, which hands back the kernel itself when the op runs eagerly.
+    """
+    launcher = kernel
+    if kwargs.get("RNG_IN_MEMORY") and not _interpreting():
+        launcher = torch.library.wrap_triton(kernel)
+    if launcher is not kernel:  # traced: the graph's launch picks the device
+        launcher[grid](*args, **kwargs)
+        return
     with _device_guard(device):
         kernel[grid](*args, **kwargs)
+
+
+class Rng(NamedTuple):
+    """The noise kernels' random-state arguments: ``args`` = (seed_lo, seed_hi, offset,
+    rng_state_ptr), and RNG_IN_MEMORY, which says the kernel reads the last one."""
+
+    args: tuple
+    in_memory: bool
+
+
+def _scalar_rng(seed: int, offset: int) -> Rng:
+    from fastnoise.kernels import launch
+
+    seed_lo, seed_hi = launch.split_seed(seed)
+    return Rng((seed_lo, seed_hi, offset, 0), False)  # the 0: rng_state_ptr, unread
+
+
+def device_rng(rng_state: torch.Tensor) -> Rng:
+    """The kernels read int64 ``[seed, offset]`` from ``rng_state`` on the tensors' device."""
+    return Rng((0, 0, 0, rng_state), True)
 
 
 def _per_feature(param: torch.Tensor, sample_shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
@@ -191,6 +223,10 @@ def _rows_features(x: torch.Tensor, name: str = "x") -> tuple[int, int]:
 
 def noise_forward(x: torch.Tensor, sigma: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
     """Learn2Perturb Eq. (4)-(5): y = x + sigma * z in one pass."""
+    return noise_forward_rng(x, sigma, _scalar_rng(seed, offset))
+
+
+def noise_forward_rng(x: torch.Tensor, sigma: torch.Tensor, rng: Rng) -> torch.Tensor:
     launch, noise_injection, _, _ = _kernels()
     (x,), layout = _in_layout(x)
     y = torch.empty_like(x)
@@ -198,23 +234,22 @@ def noise_forward(x: torch.Tensor, sigma: torch.Tensor, seed: int, offset: int) 
         return y
     sigma_f = _per_feature(sigma, x.shape[1:], _compute_torch_dtype(x.dtype))
     kernels = (noise_injection.noise_forward_kernel, noise_injection.noise_forward_nhwc_kernel)
-    _launch_elementwise(launch, kernels, x, (sigma_f,), y, layout, seed, offset)
+    _launch_elementwise(launch, kernels, x, (sigma_f,), y, layout, rng)
     return y
 
 
-def _launch_elementwise(launch, kernels, x, params, y, layout, seed: int, offset: int) -> None:
+def _launch_elementwise(launch, kernels, x, params, y, layout, rng: Rng) -> None:
     """One noise pass over ``x`` into ``y``: ``kernels`` = (flat, channels_last tiles),
-    each called as ``kernel(x, *params, y, <shape>, seed_lo, seed_hi, offset, ...)``.
+    each called as ``kernel(x, *params, y, <shape>, *rng.args, ...)``.
     The tiles when ``x``'s layout allows them (see _nhwc_tiles), else flat blocks."""
     flat_kernel, nhwc_kernel = kernels
     _, features = _rows_features(x)
-    seed_lo, seed_hi = launch.split_seed(seed)
     compute = launch.compute_dtype(x.dtype)
     tiles = _nhwc_tiles(x, layout, launch)
     if tiles is not None:
         _launch(
             nhwc_kernel, tiles["grid"], x.device,
-            x, *params, y, *tiles["args"], seed_lo, seed_hi, offset,
+            x, *params, y, *tiles["args"], *rng.args, RNG_IN_MEMORY=rng.in_memory,
             COMPUTE_DTYPE=compute, **tiles["kwargs"],
         )  # fmt: skip
         return
@@ -222,7 +257,7 @@ def _launch_elementwise(launch, kernels, x, params, y, layout, seed: int, offset
     _launch(
         flat_kernel, (math.ceil(x.numel() / block),), x.device,
         x, *params, y, x.numel(), features, layout["hw"], layout["channels"],
-        seed_lo, seed_hi, offset, TAIL=x.numel() % block != 0,
+        *rng.args, RNG_IN_MEMORY=rng.in_memory, TAIL=x.numel() % block != 0,
         CHANNELS_LAST=layout["CHANNELS_LAST"], COMPUTE_DTYPE=compute,
         BLOCK=block, num_warps=launch.num_warps(),
     )  # fmt: skip
@@ -232,19 +267,22 @@ def noise_backward_sigma(
     grad_y: torch.Tensor, sigma: torch.Tensor, seed: int, offset: int
 ) -> torch.Tensor:
     """d loss / d sigma = sum_n grad_y * z, z regenerated in-kernel (Eq. (4)-(5))."""
+    return noise_backward_sigma_rng(grad_y, sigma, _scalar_rng(seed, offset))
+
+
+def noise_backward_sigma_rng(grad_y: torch.Tensor, sigma: torch.Tensor, rng: Rng) -> torch.Tensor:
     launch, noise_injection, _, _ = _kernels()
     (grad_y,), layout = _in_layout(grad_y)
     rows, features = _rows_features(grad_y, "grad_y")
     acc_dtype = _compute_torch_dtype(grad_y.dtype)
     if grad_y.numel() == 0:
         return torch.zeros_like(sigma)
-    seed_lo, seed_hi = launch.split_seed(seed)
     nhwc = _nhwc_reduction(grad_y, layout, launch)
     if nhwc is not None:
         partial = torch.empty((nhwc["chunks"], features), dtype=acc_dtype, device=grad_y.device)
         _launch(
             noise_injection.noise_backward_sigma_nhwc_kernel, nhwc["grid"], grad_y.device,
-            grad_y, partial, rows, *nhwc["args"], seed_lo, seed_hi, offset,
+            grad_y, partial, rows, *nhwc["args"], *rng.args, RNG_IN_MEMORY=rng.in_memory,
             COMPUTE_DTYPE=launch.compute_dtype(grad_y.dtype), **nhwc["kwargs"],
         )  # fmt: skip
         return _summed_partials(partial, grad_y.shape[1:], sigma)
@@ -253,7 +291,7 @@ def noise_backward_sigma(
     _launch(
         noise_injection.noise_backward_sigma_kernel, reduction.grid, grad_y.device,
         grad_y, partial, rows, features, layout["hw"], layout["channels"],
-        seed_lo, seed_hi, offset, ROWS_PER_PROGRAM=reduction.rows_per_chunk,
+        *rng.args, RNG_IN_MEMORY=rng.in_memory, ROWS_PER_PROGRAM=reduction.rows_per_chunk,
         CLASSES=reduction.classes, CHANNELS_LAST=layout["CHANNELS_LAST"],
         COMPUTE_DTYPE=launch.compute_dtype(grad_y.dtype), BLOCK_F=reduction.block_f,
         num_warps=reduction.num_warps,
@@ -271,6 +309,10 @@ def pnil_forward(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, seed: int, offset: int
 ) -> torch.Tensor:
     """PNIL Eq. (2)-(3): y = x + z * exp((x * W + B) / 2) in one pass."""
+    return pnil_forward_rng(x, weight, bias, _scalar_rng(seed, offset))
+
+
+def pnil_forward_rng(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, rng: Rng):
     launch, _, pnil, _ = _kernels()
     (x,), layout = _in_layout(x)
     y = torch.empty_like(x)
@@ -279,7 +321,7 @@ def pnil_forward(
     compute = _compute_torch_dtype(x.dtype)
     params = (_per_feature(weight, x.shape[1:], compute), _per_feature(bias, x.shape[1:], compute))
     kernels = (pnil.pnil_forward_kernel, pnil.pnil_forward_nhwc_kernel)
-    _launch_elementwise(launch, kernels, x, params, y, layout, seed, offset)
+    _launch_elementwise(launch, kernels, x, params, y, layout, rng)
     return y
 
 
@@ -292,6 +334,10 @@ def pnil_backward(
     offset: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of PNIL for x, W and B in one pass over (grad_y, x), z regenerated."""
+    return pnil_backward_rng(grad_y, x, weight, bias, _scalar_rng(seed, offset))
+
+
+def pnil_backward_rng(grad_y, x, weight, bias, rng: Rng):
     launch, _, pnil, _ = _kernels()
     (x, grad_y), layout = _in_layout(x, grad_y.to(x.dtype))
     grad_x = torch.empty_like(x)
@@ -301,7 +347,6 @@ def pnil_backward(
     compute = _compute_torch_dtype(x.dtype)
     weight_f = _per_feature(weight, x.shape[1:], compute)
     bias_f = _per_feature(bias, x.shape[1:], compute)
-    seed_lo, seed_hi = launch.split_seed(seed)
     nhwc = _nhwc_reduction(x, layout, launch)
     if nhwc is None:
         reduction = launch.reduction_grid(rows, features, x.device)
@@ -312,7 +357,7 @@ def pnil_backward(
         _launch(
             pnil.pnil_backward_nhwc_kernel, nhwc["grid"], x.device,
             grad_y, x, weight_f, bias_f, grad_x, partial_w, partial_b, rows, *nhwc["args"],
-            seed_lo, seed_hi, offset, COMPUTE_DTYPE=launch.compute_dtype(x.dtype),
+            *rng.args, RNG_IN_MEMORY=rng.in_memory, COMPUTE_DTYPE=launch.compute_dtype(x.dtype),
             **nhwc["kwargs"],
         )  # fmt: skip
     else:
@@ -320,7 +365,7 @@ def pnil_backward(
             pnil.pnil_backward_kernel, reduction.grid,
             x.device, grad_y, x, weight_f, bias_f, grad_x, partial_w, partial_b,
             rows, features, layout["hw"], layout["channels"],
-            seed_lo, seed_hi, offset, ROWS_PER_PROGRAM=reduction.rows_per_chunk,
+            *rng.args, RNG_IN_MEMORY=rng.in_memory, ROWS_PER_PROGRAM=reduction.rows_per_chunk,
             CLASSES=reduction.classes, CHANNELS_LAST=layout["CHANNELS_LAST"],
             COMPUTE_DTYPE=launch.compute_dtype(x.dtype), BLOCK_F=reduction.block_f,
             num_warps=reduction.num_warps,
@@ -366,19 +411,23 @@ def random_start(
     project: bool,
 ) -> torch.Tensor:
     """x + eps * (2u - 1), optionally clipped to the box, in one pass."""
+    rng = _scalar_rng(seed, offset)
+    return random_start_rng(x, eps, clip_min, clip_max, project, rng)
+
+
+def random_start_rng(x, eps: float, clip_min: float, clip_max: float, project: bool, rng: Rng):
     launch, _, _, attack_step = _kernels()
     (x,), layout = _in_layout(x)
     out = torch.empty_like(x)
     if x.numel() == 0:
         return out
     _, features = _rows_features(x)
-    seed_lo, seed_hi = launch.split_seed(seed)
     tiles = _nhwc_tiles(x, layout, launch)
     if tiles is not None:
         _launch(
             attack_step.random_start_nhwc_kernel, tiles["grid"], x.device,
             x, out, *tiles["args"], float(eps), float(clip_min), float(clip_max),
-            seed_lo, seed_hi, offset, PROJECT=bool(project),
+            *rng.args, RNG_IN_MEMORY=rng.in_memory, PROJECT=bool(project),
             COMPUTE_DTYPE=launch.compute_dtype(x.dtype), **tiles["kwargs"],
         )  # fmt: skip
         return out
@@ -387,7 +436,7 @@ def random_start(
     _launch(
         attack_step.random_start_kernel, grid, x.device,
         x, out, x.numel(), features, layout["hw"], layout["channels"],
-        float(eps), float(clip_min), float(clip_max), seed_lo, seed_hi, offset,
+        float(eps), float(clip_min), float(clip_max), *rng.args, RNG_IN_MEMORY=rng.in_memory,
         PROJECT=bool(project), TAIL=x.numel() % block != 0,
         CHANNELS_LAST=layout["CHANNELS_LAST"], COMPUTE_DTYPE=launch.compute_dtype(x.dtype),
         BLOCK=block, num_warps=launch.num_warps(),
