@@ -183,6 +183,11 @@ def build_plan(out: Path) -> list[Step]:
                     _worker("graph", "--graph-backend", "auto", "--graph-compiled"),
                     120,
                 ),
+                Command(  # the Triton kernels as triton_ops (fastnoise._triton_ops)
+                    "compile-reduce-overhead-triton",
+                    _worker("graph", "--graph-backend", "triton", "--graph-compiled"),
+                    120,
+                ),
             ],
         ),
         Step(
@@ -1068,7 +1073,9 @@ def worker_graph(backend: str, compiled: bool) -> dict:
     import fastnoise
     from fastnoise import nn as fnn
 
-    label = "compile-reduce-overhead" if compiled else backend
+    label = backend
+    if compiled:
+        label = "compile-reduce-overhead" + ("" if backend == "auto" else f"-{backend}")
     result: dict = {
         "label": label,
         "backend": backend,

@@ -142,6 +142,8 @@ def test_the_state_tensor_is_read_not_the_scalars(ops, device):
 def traced(monkeypatch):
     """``trace(fn, *tensors)`` -> the forward graphs AOTAutograd makes of ``fn`` when
     torch.compile traces it on CUDA with the Triton backend (fake tensors, no GPU)."""
+    if torch.cuda.is_available():  # gpu_check's time: the GPU tests below compile for real
+        pytest.skip("a GPU runs the real torch.compile tests instead")
     from torch._functorch.aot_autograd import aot_function
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -288,3 +290,99 @@ def test_triton_ops_only_for_cuda_tensors_of_the_triton_backend(tb, device):
         assert functional._triton_runs(torch.device(device)) is (device == "cuda")
     with use_backend("torch"):
         assert functional._triton_runs(torch.device(device)) is False
+
+
+# ---- on a GPU: what Inductor makes of them ---------------------------------------------
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture
+def triton_on_gpu():
+    from fastnoise._dispatch import use_backend
+
+    torch._dynamo.reset()  # the backend is picked when a graph is traced
+    with use_backend("triton"):
+        yield
+    torch._dynamo.reset()
+
+
+def _noisy_model():
+    from fastnoise import nn
+
+    return torch.nn.Sequential(
+        nn.PNIL((3, 8, 8), bias_init=-2.0),
+        torch.nn.Conv2d(3, 4, 3, padding=1),
+        nn.PerturbationInjection((4, 8, 8), init=0.5),
+    ).cuda()
+
+
+@needs_gpu
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_gpu_compiled_triton_ops_give_eagers_values_and_gradients(triton_on_gpu, layout):
+    from torch._inductor.utils import run_and_get_code
+
+    def fn(x, sigma, weight, bias):
+        y = functional.inject_noise(x, sigma, seed=2**40 + 7, offset=3)
+        return functional.pnil(y, weight, bias, seed=11, offset=2**33)
+
+    x = _make((4, 8, 6, 4), torch.float32, "cuda", layout).requires_grad_()
+    params = [
+        torch.rand(8, 1, 1, device="cuda"),
+        0.3 * torch.randn(8, 6, 4, device="cuda"),
+        0.3 * torch.randn(4, device="cuda") - 1.0,
+    ]
+    params = [p.requires_grad_() for p in params]
+    grad_y = torch.randn(x.shape, device="cuda")
+
+    def run(f):
+        y = f(x, *params)
+        return (y, *torch.autograd.grad(y, (x, *params), grad_y))
+
+    eager = run(fn)
+    compiled, codes = run_and_get_code(lambda: run(torch.compile(fn, fullgraph=True)))
+    for got, want in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    code = "\n".join(codes)
+    # Inductor launches the kernels itself: no call back into an opaque fastnoise op.
+    assert "noise_forward" in code and "pnil_backward" in code
+    assert "torch.ops.fastnoise" not in code
+
+
+@needs_gpu
+def test_gpu_compiled_seed_none_is_reproducible_and_fresh(triton_on_gpu):
+    model = _noisy_model().eval()
+    x = torch.rand(2, 3, 8, 8, device="cuda")
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        torch.manual_seed(5)
+        first, second = compiled(x), compiled(x)
+        torch.manual_seed(5)
+        again = compiled(x)
+    assert torch.equal(first, again)  # torch.manual_seed reproduces the run
+    assert (first - second).abs().max() > 1e-2  # each call draws new noise
+
+
+@needs_gpu
+@pytest.mark.parametrize("mode", ["no_grad", "grad"])
+def test_gpu_reduce_overhead_captures_the_triton_ops(triton_on_gpu, mode):
+    # The graph holds no CPU tensor (the seed is drawn on the device): Inductor captures it
+    # in a CUDA graph, and each replay draws new noise.
+    import contextlib
+    import itertools
+
+    torch.manual_seed(0)
+    model = _noisy_model()
+    x = torch.rand(2, 3, 8, 8, device="cuda")
+    compiled = torch.compile(model, mode="reduce-overhead", fullgraph=True)
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    outputs = []
+    with torch.no_grad() if mode == "no_grad" else contextlib.nullcontext():
+        for _ in range(5):  # warm-up, record, then replays
+            torch.compiler.cudagraph_mark_step_begin()
+            outputs.append(compiled(x).detach().clone())
+    assert counters["inductor"]["cudagraph_skips"] == 0
+    for a, b in itertools.pairwise(outputs[2:]):
+        assert torch.isfinite(a).all()
+        assert (a - b).abs().max() > 1e-2
