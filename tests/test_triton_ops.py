@@ -139,38 +139,45 @@ def test_the_state_tensor_is_read_not_the_scalars(ops, device):
 
 
 @pytest.fixture
-def traced(monkeypatch):
-    """``trace(fn, *tensors)`` -> the forward graphs AOTAutograd makes of ``fn`` when
-    torch.compile traces it on CUDA with the Triton backend (fake tensors, no GPU)."""
+def gpu_kernels(monkeypatch):
+    """The kernel modules as a GPU compiles them (not the interpreter's), and an H100's SM
+    count for the grids: what tracing for a GPU needs, without one."""
     if torch.cuda.is_available():  # gpu_check's time: the GPU tests below compile for real
         pytest.skip("a GPU runs the real torch.compile tests instead")
-    from torch._functorch.aot_autograd import aot_function
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     # Without a GPU, Triton cannot analyse which arguments a kernel writes and says so.
     logging.getLogger("torch._higher_order_ops.triton_kernel_wrap").setLevel(logging.ERROR)
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    monkeypatch.setattr(functional, "_extension_runs", lambda device: False)
-    monkeypatch.setattr(functional, "_triton_runs", lambda device: device.type == "cuda")
     with triton_launches.compiled_kernels():
         from fastnoise.kernels import launch
 
         monkeypatch.setattr(launch, "_sm_count", lambda index: triton_launches.H100_SMS)
+        yield
 
-        def trace(fn, *make_inputs):
-            graphs = []
 
-            def keep(graph, example_inputs):
-                graphs.append(graph)
-                return graph
+@pytest.fixture
+def traced(monkeypatch, gpu_kernels):
+    """``trace(fn, *tensors)`` -> the forward graphs AOTAutograd makes of ``fn`` when
+    torch.compile traces it on CUDA with the Triton backend (fake tensors, no GPU)."""
+    from torch._functorch.aot_autograd import aot_function
+    from torch._subclasses.fake_tensor import FakeTensorMode
 
-            with FakeTensorMode(allow_non_fake_inputs=True):
-                inputs = [make() for make in make_inputs]
-                aot_function(fn, fw_compiler=keep)(*inputs)
-            (graph,) = graphs
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    monkeypatch.setattr(functional, "_extension_runs", lambda device: False)
+    monkeypatch.setattr(functional, "_triton_runs", lambda device: device.type == "cuda")
+
+    def trace(fn, *make_inputs):
+        graphs = []
+
+        def keep(graph, example_inputs):
+            graphs.append(graph)
             return graph
 
-        yield trace
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            inputs = [make() for make in make_inputs]
+            aot_function(fn, fw_compiler=keep)(*inputs)
+        (graph,) = graphs
+        return graph
+
+    return trace
 
 
 def _kernel_launches(graph) -> list[tuple[str, dict]]:
@@ -279,6 +286,30 @@ def test_backward_ops_launch_their_kernels_from_the_saved_state(traced, op, kern
     assert args["rng_state_ptr"].op == "placeholder"
     assert "aten.randint.low" not in _ops_called(graph)
     _no_cpu_tensor(graph)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_op_bodies_trace_with_symbolic_shapes(gpu_kernels, layout):
+    # A batch of another size makes dynamo recompile with a symbolic batch: the ops' grids
+    # and tiles must then be computed from SymInts, not crash on them.
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from fastnoise import _triton_ops as ops
+
+    x = _make((16, 8, 4, 4), torch.float32, "cpu", layout)
+    sigma, weight, bias = torch.rand(8, 1, 1), torch.rand(8, 4, 4), torch.rand(4)
+    state = _state(5, 0, "cpu")
+    calls = [
+        (ops.inject_noise_op, (x, sigma, state)),
+        (ops.inject_noise_backward_op, (x, sigma, state)),
+        (ops.pnil_op, (x, weight, bias, state)),
+        (ops.pnil_backward_op, (x, x, weight, bias, state)),
+        (lambda x, s: ops.random_start_op(x, s, 0.1, 0.0, 1.0, True), (x, state)),
+    ]
+    for op, args in calls:
+        graph = make_fx(op, tracing_mode="symbolic")(*args)
+        shapes = [n.meta["val"].shape for n in graph.graph.nodes if n.op == "placeholder"]
+        assert isinstance(shapes[0][0], torch.SymInt)  # the batch was symbolic
 
 
 def test_triton_ops_only_for_cuda_tensors_of_the_triton_backend(tb, device):
