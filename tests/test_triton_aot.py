@@ -244,6 +244,31 @@ def test_device_rng_variants_access_memory_as_the_scalar_seed_ones(compiled):
         assert registers <= tl.resource_usage(scalar.compiled)["reg"] + 8, str(variant)
 
 
+def test_inductor_rebuilds_the_device_rng_kernels_from_their_source(compiled, tmp_path):
+    # Inductor does not launch a triton_op's JITFunction: it copies the kernel's source and
+    # everything it calls (helpers in other modules, tl.constexpr globals) into its output
+    # code under its own @triton.jit. That rebuilt kernel must compile to the same code.
+    from torch._inductor.codegen.wrapper import (
+        user_defined_triton_kernel_transitive_closure_source_code as closure,
+    )
+
+    device_rng = [v for v in _ok(compiled) if v.kind.endswith(DEVICE_RNG)]
+    assert device_rng
+    for i, variant in enumerate(device_rng):
+        source = closure(variant.launch.kernel)
+        module = tmp_path / f"inductor_rebuilt_{i}.py"
+        module.write_text(f"import triton\nimport triton.language as tl\n\n@triton.jit\n{source}")
+        sys.path.insert(0, str(tmp_path))
+        try:
+            rebuilt = getattr(__import__(module.stem), variant.kernel)
+        finally:
+            sys.path.remove(str(tmp_path))
+        launch = tl.Launch(rebuilt, variant.launch.grid, variant.launch.args, variant.launch.kwargs)
+        again = tl.compile_launch(launch)
+        assert tl.tensor_accesses(again) == tl.tensor_accesses(variant.compiled), str(variant)
+        assert tl.resource_usage(again)["reg"] == tl.resource_usage(variant.compiled)["reg"]
+
+
 def test_unaligned_backward_rows_cost_one_philox_call_per_four_elements(compiled):
     # Rows of 105 features start mid-counter. Drawing each element's noise on its own
     # (one Philox call per element) did 4x the aligned rows' Philox work; rows grouped by
