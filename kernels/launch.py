@@ -8,7 +8,6 @@ import os
 from typing import NamedTuple
 
 import torch
-import triton
 import triton.language as tl
 
 # Elementwise kernels: 1024 elements (256 Philox counters) per program, 4 warps.
@@ -31,6 +30,22 @@ MAX_FEATURES = 2**31 - MAX_BLOCK
 _COMPUTE_DTYPES = {torch.float64: tl.float64}
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for a >= 0, b > 0: ``triton.cdiv`` without its wrapper. Triton 3.8 makes
+    that a ConstexprFunction, whose call from Python costs microseconds, and a backward's
+    grid takes nine such calls."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The least power of 2 >= n (n >= 1), as ``triton.next_power_of_2``, in bit operations
+    that also take symbolic sizes (a torch.compile'd batch)."""
+    n -= 1
+    for shift in (1, 2, 4, 8, 16, 32):
+        n |= n >> shift
+    return n + 1
+
+
 def interpreting() -> bool:
     """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -43,7 +58,7 @@ def compute_dtype(dtype: torch.dtype) -> tl.dtype:
 
 def elementwise_block(numel: int) -> int:
     if interpreting():
-        return max(16, min(INTERPRETER_MAX_BLOCK, triton.next_power_of_2(numel)))
+        return max(16, min(INTERPRETER_MAX_BLOCK, next_power_of_2(numel)))
     return GPU_BLOCK
 
 
@@ -85,19 +100,19 @@ def reduction_grid(rows: int, features: int, device: torch.device) -> ReductionG
     classes = 1 if features % 4 == 0 else 4
     span = features + (classes > 1) * 3
     if interpreting():
-        block_f = max(MIN_BLOCK_F, min(INTERPRETER_MAX_BLOCK, triton.next_power_of_2(span)))
-        return ReductionGrid(block_f, triton.cdiv(span, block_f), 1, rows, classes, GPU_NUM_WARPS)
+        block_f = max(MIN_BLOCK_F, min(INTERPRETER_MAX_BLOCK, next_power_of_2(span)))
+        return ReductionGrid(block_f, cdiv(span, block_f), 1, rows, classes, GPU_NUM_WARPS)
     # Below 1024 features a block of next_power_of_2(span) covers the row: no Philox work
     # for masked-off features. Row chunking is unchanged (one feature block either way), so
     # the partial sums, and the result, are bit-identical to BLOCK_F = 1024.
-    block_f = max(MIN_BLOCK_F, min(GPU_BLOCK_F, triton.next_power_of_2(span)))
+    block_f = max(MIN_BLOCK_F, min(GPU_BLOCK_F, next_power_of_2(span)))
     warps = max(1, min(GPU_NUM_WARPS, block_f // (32 * ELEMENTS_PER_THREAD)))
-    feature_blocks = triton.cdiv(span, block_f)
+    feature_blocks = cdiv(span, block_f)
     # Chunked as rows // classes rows of one class, each program then loops over as many.
-    chunks, per_class = row_chunks(triton.cdiv(rows, classes), feature_blocks * classes, device)
+    chunks, per_class = row_chunks(cdiv(rows, classes), feature_blocks * classes, device)
     rows_per_chunk = per_class * classes
     return ReductionGrid(
-        block_f, feature_blocks, triton.cdiv(rows, rows_per_chunk), rows_per_chunk, classes, warps
+        block_f, feature_blocks, cdiv(rows, rows_per_chunk), rows_per_chunk, classes, warps
     )
 
 
@@ -110,11 +125,11 @@ def row_chunks(rows: int, feature_programs: int, device: torch.device) -> tuple[
     target = PROGRAMS_PER_SM * _sm_count(device.index or 0)
     chunks = max(
         1,
-        min(rows, triton.cdiv(target, feature_programs), triton.cdiv(rows, MIN_ROWS_PER_PROGRAM)),
+        min(rows, cdiv(target, feature_programs), cdiv(rows, MIN_ROWS_PER_PROGRAM)),
     )
     # A power of two: rows per program is a kernel constant, so few variants get compiled.
-    rows_per_chunk = triton.next_power_of_2(triton.cdiv(rows, chunks))
-    return triton.cdiv(rows, rows_per_chunk), rows_per_chunk
+    rows_per_chunk = next_power_of_2(cdiv(rows, chunks))
+    return cdiv(rows, rows_per_chunk), rows_per_chunk
 
 
 def split_seed(seed: int) -> tuple[int, int]:
