@@ -37,11 +37,19 @@ def make_rng_state(seed: int | Tensor | None, offset: int) -> Tensor:
         if torch.compiler.is_compiling():
             seed = torch.randint(0, rng.SEED_LIMIT - 1, (1,), dtype=torch.int64)  # as draw_seed
         else:
-            _refuse_host_seed_in_capture()
-            seed = rng.draw_seed()
+            seed = host_seed(None)
     if isinstance(seed, Tensor):
         return torch.cat([seed.reshape(1).to(torch.int64), torch.tensor([offset])])
     return torch.tensor([seed, offset], dtype=torch.int64)
+
+
+def host_seed(seed: int | Tensor | None) -> int:
+    """An eager call's seed as a Python int: a fresh one from torch's default generator
+    when None (refused inside CUDA graph capture), an int64 tensor's value (a CPU read)."""
+    if seed is None:
+        _refuse_host_seed_in_capture()
+        return rng.draw_seed()
+    return int(seed)
 
 
 CAPTURE_NEEDS_DEVICE_SEEDS = (

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from fastnoise import _ops, rng
+from fastnoise import _eager, _ops, rng
 from fastnoise import _validation as v
 from fastnoise._backends import reference
 from fastnoise._dispatch import backend_for, front_door
@@ -156,7 +156,10 @@ def inject_noise(
         from fastnoise import _triton_ops
 
         return _triton_ops.inject_noise(x, sigma, seed, offset)
-    return _ops.noise_injection(x, sigma, _ops.make_rng_state(seed, offset))
+    if torch.compiler.is_compiling():
+        return _ops.noise_injection(x, sigma, _ops.make_rng_state(seed, offset))
+    backend = backend_for(x.device)
+    return _eager.NoiseInjection.apply(x, sigma, backend, _ops.host_seed(seed), offset)
 
 
 def inject_noise_abs(
@@ -214,7 +217,10 @@ def pnil(
         from fastnoise import _triton_ops
 
         return _triton_ops.pnil(x, weight, bias, seed, offset)
-    return _ops.pnil(x, weight, bias, _ops.make_rng_state(seed, offset))
+    if torch.compiler.is_compiling():
+        return _ops.pnil(x, weight, bias, _ops.make_rng_state(seed, offset))
+    backend = backend_for(x.device)
+    return _eager.Pnil.apply(x, weight, bias, backend, _ops.host_seed(seed), offset)
 
 
 def _check_pnil_args(x, weight, bias, seed, offset) -> None:
@@ -257,9 +263,9 @@ def pgd_step(
         # costs more than the whole step on small tensors.
         with torch.no_grad():
             return reference.pgd_step(x_adv, grad, x_orig, step_size, eps, lo, hi)
-    bounds = _ops.make_bounds(step_size, eps, lo, hi)
-    with torch.no_grad():
-        return _ops.pgd_step(x_adv, grad, x_orig, bounds)
+    with torch.no_grad():  # the backend's primitive, called directly: no autograd to record
+        out = backend_for(x_adv.device).pgd_step(x_adv, grad, x_orig, step_size, eps, lo, hi)
+        return _ops._fresh(out, x_adv, grad, x_orig)
 
 
 def random_start(
@@ -283,6 +289,11 @@ def random_start(
             _check_seed_offset(seed, offset)
             raise
     _check_seed_offset(seed, offset)
+    if not torch.compiler.is_compiling():  # the backend's primitive, called directly
+        backend, seed = backend_for(x.device), _ops.host_seed(seed)
+        with torch.no_grad():
+            out = backend.random_start(x, eps, seed, offset, lo, hi, bool(project))
+        return _ops._fresh(out, x)
     if _triton_compiles(x):
         from fastnoise import _triton_ops
 
