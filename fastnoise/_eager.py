@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from fastnoise._ops import _fresh
+from fastnoise._ops import _fresh, fresh_pnil_grads
 
 
 class NoiseInjection(torch.autograd.Function):
@@ -50,8 +50,5 @@ class Pnil(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_y):
         x, weight, bias = ctx.saved_tensors
-        gx, gw, gb = ctx.backend.pnil_backward(grad_y, x, weight, bias, ctx.seed, ctx.offset)
-        gx = _fresh(gx, x, grad_y, weight, bias)
-        gw = _fresh(gw, weight, grad_y, x, bias, gx)
-        gb = _fresh(gb, bias, grad_y, x, weight, gx, gw)
-        return gx, gw, gb, None, None, None
+        grads = ctx.backend.pnil_backward(grad_y, x, weight, bias, ctx.seed, ctx.offset)
+        return (*fresh_pnil_grads(grads, grad_y, x, weight, bias), None, None, None)

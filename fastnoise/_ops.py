@@ -132,20 +132,25 @@ def _(grad_y: Tensor, sigma: Tensor, rng_state: Tensor) -> Tensor:
     return _empty_like(sigma)
 
 
-def _noise_setup_context(ctx, inputs, output) -> None:
-    _, sigma, rng_state = inputs
-    ctx.save_for_backward(sigma, rng_state)  # parameter-sized and 2 ints: no activation
+def register_noise_autograd(op, backward_op) -> None:
+    """The autograd of a noise op ``op(x, sigma, rng_state)`` whose sigma gradient is
+    ``backward_op(grad_y, sigma, rng_state)`` (here, and the triton ops')."""
+
+    def setup_context(ctx, inputs, output) -> None:
+        _, sigma, rng_state = inputs
+        ctx.save_for_backward(sigma, rng_state)  # parameter-sized and 2 ints: no activation
+
+    def backward(ctx, grad_y: Tensor):
+        sigma, rng_state = ctx.saved_tensors
+        grad_sigma = None
+        if ctx.needs_input_grad[1]:
+            grad_sigma = backward_op(grad_y, sigma, rng_state)
+        return grad_y, grad_sigma, None  # dy/dx = 1
+
+    op.register_autograd(backward, setup_context=setup_context)
 
 
-def _noise_backward(ctx, grad_y: Tensor):
-    sigma, rng_state = ctx.saved_tensors
-    grad_sigma = None
-    if ctx.needs_input_grad[1]:
-        grad_sigma = noise_injection_backward(grad_y, sigma, rng_state)
-    return grad_y, grad_sigma, None  # dy/dx = 1
-
-
-noise_injection.register_autograd(_noise_backward, setup_context=_noise_setup_context)
+register_noise_autograd(noise_injection, noise_injection_backward)
 
 
 # ---- PNIL: Eq. (2)-(3), y = x + z * exp((x * W + B) / 2) ------------------------------
@@ -169,7 +174,14 @@ def pnil_backward(
     grad_y: Tensor, x: Tensor, weight: Tensor, bias: Tensor, rng_state: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
     seed, offset = _seed_offset(rng_state)
-    gx, gw, gb = backend_for(x.device).pnil_backward(grad_y, x, weight, bias, seed, offset)
+    grads = backend_for(x.device).pnil_backward(grad_y, x, weight, bias, seed, offset)
+    return fresh_pnil_grads(grads, grad_y, x, weight, bias)
+
+
+def fresh_pnil_grads(grads, grad_y: Tensor, x: Tensor, weight: Tensor, bias: Tensor):
+    """A backend's (grad_x, grad_W, grad_B), each ``_fresh``: no view of an input or of
+    another gradient (a backend may return two gradients of one buffer)."""
+    gx, gw, gb = grads
     gx = _fresh(gx, x, grad_y, weight, bias)
     gw = _fresh(gw, weight, grad_y, x, bias, gx)
     return gx, gw, _fresh(gb, bias, grad_y, x, weight, gx, gw)
@@ -180,18 +192,22 @@ def _(grad_y: Tensor, x: Tensor, weight: Tensor, bias: Tensor, rng_state: Tensor
     return _empty_like(x), _empty_like(weight), _empty_like(bias)
 
 
-def _pnil_setup_context(ctx, inputs, output) -> None:
-    x, weight, bias, rng_state = inputs
-    ctx.save_for_backward(x, weight, bias, rng_state)  # x, not z: z is regenerated
+def register_pnil_autograd(op, backward_op) -> None:
+    """The autograd of a PNIL op ``op(x, weight, bias, rng_state)`` whose gradients are
+    ``backward_op(grad_y, x, weight, bias, rng_state)`` (here, and the triton ops')."""
+
+    def setup_context(ctx, inputs, output) -> None:
+        x, weight, bias, rng_state = inputs
+        ctx.save_for_backward(x, weight, bias, rng_state)  # x, not z: z is regenerated
+
+    def backward(ctx, grad_y: Tensor):
+        x, weight, bias, rng_state = ctx.saved_tensors
+        return (*backward_op(grad_y, x, weight, bias, rng_state), None)
+
+    op.register_autograd(backward, setup_context=setup_context)
 
 
-def _pnil_backward(ctx, grad_y: Tensor):
-    x, weight, bias, rng_state = ctx.saved_tensors
-    gx, gw, gb = pnil_backward(grad_y, x, weight, bias, rng_state)
-    return gx, gw, gb, None
-
-
-pnil.register_autograd(_pnil_backward, setup_context=_pnil_setup_context)
+register_pnil_autograd(pnil, pnil_backward)
 
 
 # ---- attack steps (no autograd: they run under no_grad) -------------------------------

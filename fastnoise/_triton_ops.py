@@ -24,6 +24,7 @@ from torch.library import triton_op
 
 from fastnoise import rng
 from fastnoise._backends import triton as backend
+from fastnoise._ops import register_noise_autograd, register_pnil_autograd
 
 __all__ = ["device_rng_state", "inject_noise", "pnil", "random_start"]
 
@@ -68,20 +69,7 @@ def inject_noise_backward_op(grad_y: Tensor, sigma: Tensor, rng_state: Tensor) -
     return backend.noise_backward_sigma_rng(grad_y, sigma, backend.device_rng(rng_state))
 
 
-def _noise_setup_context(ctx, inputs, output) -> None:
-    _, sigma, rng_state = inputs
-    ctx.save_for_backward(sigma, rng_state)  # the noise is regenerated, not saved
-
-
-def _noise_backward(ctx, grad_y: Tensor):
-    sigma, rng_state = ctx.saved_tensors
-    grad_sigma = None
-    if ctx.needs_input_grad[1]:
-        grad_sigma = inject_noise_backward_op(grad_y, sigma, rng_state)
-    return grad_y, grad_sigma, None  # dy/dx = 1
-
-
-inject_noise_op.register_autograd(_noise_backward, setup_context=_noise_setup_context)
+register_noise_autograd(inject_noise_op, inject_noise_backward_op)  # as fastnoise._ops's
 
 
 def inject_noise(x: Tensor, sigma: Tensor, seed, offset: int) -> Tensor:
@@ -105,18 +93,7 @@ def pnil_backward_op(
     return grad_x, grad_w, grad_b
 
 
-def _pnil_setup_context(ctx, inputs, output) -> None:
-    x, weight, bias, rng_state = inputs
-    ctx.save_for_backward(x, weight, bias, rng_state)  # x, not z: z is regenerated
-
-
-def _pnil_backward(ctx, grad_y: Tensor):
-    x, weight, bias, rng_state = ctx.saved_tensors
-    grad_x, grad_w, grad_b = pnil_backward_op(grad_y, x, weight, bias, rng_state)
-    return grad_x, grad_w, grad_b, None
-
-
-pnil_op.register_autograd(_pnil_backward, setup_context=_pnil_setup_context)
+register_pnil_autograd(pnil_op, pnil_backward_op)
 
 
 def pnil(x: Tensor, weight: Tensor, bias: Tensor, seed, offset: int) -> Tensor:

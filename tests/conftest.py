@@ -1,8 +1,6 @@
 """Shared test configuration."""
 
-import importlib
 import os
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -67,13 +65,9 @@ def data_root() -> Path:
 
 
 def _reload_kernels() -> None:
-    from triton_launches import KERNEL_MODULES  # imports triton: only for the Triton tests
+    import triton_launches  # imports triton: only for the Triton tests
 
-    for name in KERNEL_MODULES:
-        if name in sys.modules:
-            importlib.reload(sys.modules[name])
-        else:
-            importlib.import_module(name)
+    triton_launches.reload_kernel_modules()
 
 
 @pytest.fixture(scope="module")

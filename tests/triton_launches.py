@@ -39,7 +39,7 @@ SM90 = GPUTarget("cuda", 90, 32)
 H100_SMS = 132
 
 
-def _reload() -> None:
+def reload_kernel_modules() -> None:
     for name in KERNEL_MODULES:
         if name in sys.modules:
             importlib.reload(sys.modules[name])
@@ -66,13 +66,13 @@ def kernels() -> list[JITFunction]:
 def compiled_kernels():
     """The kernel modules as compiled-mode ``JITFunction``s while open."""
     previous = os.environ.pop("TRITON_INTERPRET", None)
-    _reload()
+    reload_kernel_modules()
     try:
         yield
     finally:
         if previous is not None:
             os.environ["TRITON_INTERPRET"] = previous
-            _reload()
+            reload_kernel_modules()
 
 
 @dataclasses.dataclass
