@@ -37,7 +37,11 @@ def _noise_like(x: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
 
 def _sum_to_feature_shape(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """Sum a ``(N, *feature)`` tensor over the batch and over dims ``shape`` broadcasts."""
-    t = t.sum(dim=0)
+    return sum_sample_to(t.sum(dim=0), shape)
+
+
+def sum_sample_to(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Sum one sample's ``(*feature)`` tensor over the dims ``shape`` broadcasts."""
     # Align trailing dims: a parameter of fewer dims broadcasts from the right.
     lead = t.dim() - len(shape)
     if lead > 0:

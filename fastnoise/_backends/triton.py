@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import torch
 
-from fastnoise._backends.reference import _sum_to_feature_shape
+from fastnoise._backends.reference import sum_sample_to
 
 NAME = "triton"
 
@@ -300,9 +300,10 @@ def noise_backward_sigma_rng(grad_y: torch.Tensor, sigma: torch.Tensor, rng: Rng
 
 
 def _summed_partials(partial: torch.Tensor, sample: torch.Size, param: torch.Tensor):
-    """The kernels' partial rows (chunks, F), summed in a fixed order to ``param``'s shape."""
-    full = partial.sum(dim=0).view(1, *sample)
-    return _sum_to_feature_shape(full, param.shape).to(param.dtype)
+    """The kernels' partial rows (chunks, F), summed in a fixed order to ``param``'s shape.
+    One row (a small batch) is the sum already: no kernel for it on a GPU."""
+    full = partial[0] if partial.shape[0] == 1 else partial.sum(dim=0)
+    return sum_sample_to(full.view(sample), param.shape).to(param.dtype)
 
 
 def pnil_forward(
