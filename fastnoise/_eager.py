@@ -6,7 +6,7 @@ Python dispatch (schema checks, the autograd wrapper, the CPU ``[seed, offset]``
 its ``.tolist()``) cost about 50 us per forward on the dev CPU, several times the backend's
 own host path. Here the seed and offset stay Python ints, saved on the autograd node, and
 the backward regenerates the noise from them, exactly as the custom ops do. Outputs go
-through ``_ops._fresh``: the same layout and no-aliasing contract.
+through ``_ops.fresh_output``: the same layout and no-aliasing contract.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from fastnoise._ops import _fresh, fresh_pnil_grads
+from fastnoise._ops import fresh_output, fresh_pnil_grads
 
 
 class NoiseInjection(torch.autograd.Function):
@@ -24,7 +24,7 @@ class NoiseInjection(torch.autograd.Function):
     def forward(ctx, x, sigma, backend, seed: int, offset: int):
         ctx.backend, ctx.seed, ctx.offset = backend, seed, offset
         ctx.save_for_backward(sigma)  # parameter-sized: z is regenerated, not saved
-        return _fresh(backend.noise_forward(x, sigma, seed, offset), x, sigma)
+        return fresh_output(backend.noise_forward(x, sigma, seed, offset), x, sigma)
 
     @staticmethod
     @once_differentiable  # the backward's kernels record no graph: refuse double backward
@@ -33,7 +33,7 @@ class NoiseInjection(torch.autograd.Function):
         grad_sigma = None
         if ctx.needs_input_grad[1]:
             raw = ctx.backend.noise_backward_sigma(grad_y, sigma, ctx.seed, ctx.offset)
-            grad_sigma = _fresh(raw, sigma, grad_y)
+            grad_sigma = fresh_output(raw, sigma, grad_y)
         return grad_y, grad_sigma, None, None, None
 
 
@@ -44,7 +44,7 @@ class Pnil(torch.autograd.Function):
     def forward(ctx, x, weight, bias, backend, seed: int, offset: int):
         ctx.backend, ctx.seed, ctx.offset = backend, seed, offset
         ctx.save_for_backward(x, weight, bias)  # x, not z: z is regenerated
-        return _fresh(backend.pnil_forward(x, weight, bias, seed, offset), x, weight, bias)
+        return fresh_output(backend.pnil_forward(x, weight, bias, seed, offset), x, weight, bias)
 
     @staticmethod
     @once_differentiable

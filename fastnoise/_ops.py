@@ -1,4 +1,7 @@
-"""fastnoise's primitives as ``torch.library`` custom ops.
+"""fastnoise's primitives as ``torch.library`` custom ops: what torch.compile traces where
+the C++ extension does not run the device (its own ops do, and on CUDA the Triton backend's
+kernels are ``triton_op``s, :mod:`fastnoise._triton_ops`). Eager calls on these backends
+skip the ops' dispatch (:mod:`fastnoise._eager`).
 
 Each op picks its backend at run time (:mod:`fastnoise._dispatch`), so one graph runs
 on whatever backend is in force. Random state and scalars travel as small CPU tensors,
@@ -97,7 +100,7 @@ def _storage(t: Tensor) -> int:
     return t.untyped_storage().data_ptr()
 
 
-def _fresh(out: Tensor, like: Tensor, *inputs: Tensor) -> Tensor:
+def fresh_output(out: Tensor, like: Tensor, *inputs: Tensor) -> Tensor:
     """``out`` in ``like``'s memory format, sharing memory with no input (a backend may
     hand back views, e.g. two gradients of one buffer)."""
     out = out.contiguous(memory_format=_memory_format(like))
@@ -112,7 +115,7 @@ def _fresh(out: Tensor, like: Tensor, *inputs: Tensor) -> Tensor:
 @torch.library.custom_op("fastnoise::noise_injection", mutates_args=())
 def noise_injection(x: Tensor, sigma: Tensor, rng_state: Tensor) -> Tensor:
     seed, offset = _seed_offset(rng_state)
-    return _fresh(backend_for(x.device).noise_forward(x, sigma, seed, offset), x, sigma)
+    return fresh_output(backend_for(x.device).noise_forward(x, sigma, seed, offset), x, sigma)
 
 
 @noise_injection.register_fake
@@ -124,7 +127,7 @@ def _(x: Tensor, sigma: Tensor, rng_state: Tensor) -> Tensor:
 def noise_injection_backward(grad_y: Tensor, sigma: Tensor, rng_state: Tensor) -> Tensor:
     seed, offset = _seed_offset(rng_state)
     grad_sigma = backend_for(grad_y.device).noise_backward_sigma(grad_y, sigma, seed, offset)
-    return _fresh(grad_sigma, sigma, grad_y)
+    return fresh_output(grad_sigma, sigma, grad_y)
 
 
 @noise_injection_backward.register_fake
@@ -159,7 +162,7 @@ register_noise_autograd(noise_injection, noise_injection_backward)
 @torch.library.custom_op("fastnoise::pnil", mutates_args=())
 def pnil(x: Tensor, weight: Tensor, bias: Tensor, rng_state: Tensor) -> Tensor:
     seed, offset = _seed_offset(rng_state)
-    return _fresh(
+    return fresh_output(
         backend_for(x.device).pnil_forward(x, weight, bias, seed, offset), x, weight, bias
     )
 
@@ -179,12 +182,12 @@ def pnil_backward(
 
 
 def fresh_pnil_grads(grads, grad_y: Tensor, x: Tensor, weight: Tensor, bias: Tensor):
-    """A backend's (grad_x, grad_W, grad_B), each ``_fresh``: no view of an input or of
+    """A backend's (grad_x, grad_W, grad_B), each ``fresh_output``: no view of an input or of
     another gradient (a backend may return two gradients of one buffer)."""
     gx, gw, gb = grads
-    gx = _fresh(gx, x, grad_y, weight, bias)
-    gw = _fresh(gw, weight, grad_y, x, bias, gx)
-    return gx, gw, _fresh(gb, bias, grad_y, x, weight, gx, gw)
+    gx = fresh_output(gx, x, grad_y, weight, bias)
+    gw = fresh_output(gw, weight, grad_y, x, bias, gx)
+    return gx, gw, fresh_output(gb, bias, grad_y, x, weight, gx, gw)
 
 
 @pnil_backward.register_fake
@@ -219,7 +222,7 @@ def pgd_step(x_adv: Tensor, grad: Tensor, x_orig: Tensor, bounds: Tensor) -> Ten
     out = backend_for(x_adv.device).pgd_step(
         x_adv, grad, x_orig, step_size, eps, clip_min, clip_max
     )
-    return _fresh(out, x_adv, grad, x_orig)
+    return fresh_output(out, x_adv, grad, x_orig)
 
 
 @pgd_step.register_fake
@@ -232,7 +235,7 @@ def random_start(x: Tensor, rng_state: Tensor, bounds: Tensor, project: bool) ->
     seed, offset = _seed_offset(rng_state)
     _, eps, clip_min, clip_max = bounds.tolist()
     out = backend_for(x.device).random_start(x, eps, seed, offset, clip_min, clip_max, project)
-    return _fresh(out, x)
+    return fresh_output(out, x)
 
 
 @random_start.register_fake

@@ -265,7 +265,7 @@ def pgd_step(
             return reference.pgd_step(x_adv, grad, x_orig, step_size, eps, lo, hi)
     with torch.no_grad():  # the backend's primitive, called directly: no autograd to record
         out = backend_for(x_adv.device).pgd_step(x_adv, grad, x_orig, step_size, eps, lo, hi)
-        return _ops._fresh(out, x_adv, grad, x_orig)
+        return _ops.fresh_output(out, x_adv, grad, x_orig)
 
 
 def random_start(
@@ -293,7 +293,7 @@ def random_start(
         backend, seed = backend_for(x.device), _ops.host_seed(seed)
         with torch.no_grad():
             out = backend.random_start(x, eps, seed, offset, lo, hi, bool(project))
-        return _ops._fresh(out, x)
+        return _ops.fresh_output(out, x)
     if _triton_compiles(x):
         from fastnoise import _triton_ops
 
