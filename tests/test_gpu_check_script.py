@@ -60,7 +60,8 @@ def test_dry_run_names_every_step_and_command(gc):
         "--graph-backend triton",
         "--graph-backend cuda",
         "--graph-compiled",
-        "benchmarks/test_bench_overhead.py --benchmark-only -k 'cuda and not plain-triton'",
+        "benchmarks/test_bench_overhead.py --benchmark-only -k "
+        "'cuda and not plain-cuda and not compiled-cuda'",
         "benchmarks/test_bench_attacks.py --benchmark-only -k 'paired and cuda' -s",
         "benchmarks/gpu_bandwidth.py --backend triton",
         "benchmarks/gpu_bandwidth.py --backend cuda",
