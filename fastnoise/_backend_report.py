@@ -15,6 +15,18 @@ class AutoPick(NamedTuple):
     backend: str | None  # None: no backend runs this device
 
 
+def compiled_path(device: str, backend: str | None) -> str:
+    """What a torch.compile graph calls for ``device`` when ``backend`` runs it (the choice
+    is made when the graph is traced: see ``fastnoise.functional``)."""
+    if backend is None:
+        return "none"
+    if backend in ("cuda", "cpp"):
+        return "the C++ ops"
+    if backend == "triton" and device == "cuda":
+        return "the Triton kernels (triton_op)"
+    return "the custom ops"
+
+
 class BackendReport(list):
     """``BackendInfo`` rows, fastest first, that print as a readable table.
 
@@ -42,6 +54,17 @@ class BackendReport(list):
         picks = ", ".join(f"{p.device} -> {p.backend or 'none'}" for p in self.auto)
         lines.append(f"auto picks: {picks}")
         lines.append(f"in force: {self.choice}")
+        compiled = ", ".join(
+            f"{p.device} -> {compiled_path(p.device, self.in_force(p))}" for p in self.auto
+        )
+        lines.append(f"torch.compile graphs call: {compiled}")
         return "\n".join(lines)
+
+    def in_force(self, pick: AutoPick) -> str | None:
+        """The backend that runs ``pick.device`` under the choice in force (None: none)."""
+        if self.choice == "auto":
+            return pick.backend
+        row = next((r for r in self if r.name == self.choice), None)
+        return self.choice if row and row.available and pick.device in row.devices else None
 
     __repr__ = __str__  # the REPL shows the table too

@@ -179,6 +179,8 @@ def test_backends_prints_a_table_with_what_auto_picks_per_device(monkeypatch):
     assert "auto picks: cpu -> torch, cuda -> triton" in lines
     assert "in force: auto" in lines
     assert [p.backend for p in report.auto] == ["torch", "triton"]
+    compiled = "torch.compile graphs call: cpu -> the custom ops, cuda -> the Triton kernels"
+    assert lines[-1].startswith(compiled)
 
 
 def test_backends_lists_cuda_picks_only_with_a_gpu_and_shows_the_choice(monkeypatch):
@@ -186,4 +188,5 @@ def test_backends_lists_cuda_picks_only_with_a_gpu_and_shows_the_choice(monkeypa
     fastnoise.set_backend("torch")
     text = str(fastnoise.backends())
     assert "auto picks: cpu -> " in text and "cuda ->" not in text
-    assert text.endswith("in force: torch")
+    assert "in force: torch" in text
+    assert text.endswith("torch.compile graphs call: cpu -> the custom ops")  # torch's
