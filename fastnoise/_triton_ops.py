@@ -37,8 +37,15 @@ def device_rng_state(seed: int | Tensor | None, offset: int, device: torch.devic
     elif isinstance(seed, Tensor):
         seed = seed.reshape(1).to(device=device, dtype=torch.int64)
     else:
-        seed = torch.full((1,), seed, dtype=torch.int64, device=device)
-    return torch.cat([seed, torch.full((1,), offset, dtype=torch.int64, device=device)])
+        seed = _filled([seed], torch.int64, device)
+    return torch.cat([seed, _filled([offset], torch.int64, device)])
+
+
+def _filled(values, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``values`` as a 1-d tensor made by fills on ``device``: traced, ``torch.tensor(values,
+    device=...)`` is a CPU constant copied over, and a CPU tensor keeps CUDA graphs out."""
+    fills = [torch.full((1,), v, dtype=dtype, device=device) for v in values]
+    return fills[0] if len(fills) == 1 else torch.cat(fills)
 
 
 def _declare_kernels(op, *kernel_names: str) -> None:
@@ -104,17 +111,18 @@ def pnil(x: Tensor, weight: Tensor, bias: Tensor, seed, offset: int) -> Tensor:
 
 
 @triton_op("fastnoise::triton_random_start", mutates_args=())
-def random_start_op(
-    x: Tensor, rng_state: Tensor, eps: float, clip_min: float, clip_max: float, project: bool
-) -> Tensor:
-    rng_args = backend.device_rng(rng_state)
-    return backend.random_start_rng(x, eps, clip_min, clip_max, project, rng_args)
+def random_start_op(x: Tensor, rng_state: Tensor, bounds: Tensor, project: bool) -> Tensor:
+    """``bounds``: float32 ``[eps, clip_min, clip_max]`` on x's device, read by the kernel,
+    so a graph takes a new (symbolic) eps as data."""
+    rng_args, bounds_args = backend.device_rng(rng_state), backend.device_bounds(bounds)
+    return backend.random_start_rng(x, bounds_args, project, rng_args)
 
 
 def random_start(x: Tensor, eps: float, seed, offset: int, lo: float, hi: float, project: bool):
     state = device_rng_state(seed, offset, x.device)
+    bounds = _filled([eps, lo, hi], torch.float32, x.device)
     with torch.no_grad():
-        return random_start_op(x, state, eps, lo, hi, project)
+        return random_start_op(x, state, bounds, project)
 
 
 _declare_kernels(inject_noise_op, "noise_forward_kernel", "noise_forward_nhwc_kernel")

@@ -74,6 +74,18 @@ def pgd_step_kernel(
 
 
 @triton.jit
+def _start_bounds(eps, clip_min, clip_max, bounds_ptr, IN_MEMORY: tl.constexpr):
+    """eps and the pixel box: the scalar arguments, or with IN_MEMORY the float32
+    ``[eps, clip_min, clip_max]`` at ``bounds_ptr`` (a graph value: a new eps in a compiled
+    graph is data, not a kernel constant)."""
+    if IN_MEMORY:
+        eps = tl.load(bounds_ptr)
+        clip_min = tl.load(bounds_ptr + 1)
+        clip_max = tl.load(bounds_ptr + 2)
+    return eps, clip_min, clip_max
+
+
+@triton.jit
 def _random_start_block(
     x_ptr, out_ptr, block_start, numel, features, hw, channels, eps, clip_min, clip_max,
     seed_lo, seed_hi, offset,
@@ -104,6 +116,7 @@ def random_start_kernel(
     eps,
     clip_min,
     clip_max,
+    bounds_ptr,
     seed_lo: tl.uint32,
     seed_hi: tl.uint32,
     offset: tl.int64,
@@ -116,6 +129,7 @@ def random_start_kernel(
     BLOCK: tl.constexpr,
 ):
     seed_lo, seed_hi, offset = philox_key(seed_lo, seed_hi, offset, rng_state_ptr, RNG_IN_MEMORY)
+    eps, clip_min, clip_max = _start_bounds(eps, clip_min, clip_max, bounds_ptr, RNG_IN_MEMORY)
     # x + eps * (2u - 1), u ~ U[0, 1] from the spec (PGD's start, RFGSM, NFGSM).
     block_start = tl.program_id(0).to(tl.int64) * BLOCK
     if TAIL:
@@ -148,6 +162,7 @@ def random_start_nhwc_kernel(
     eps,
     clip_min,
     clip_max,
+    bounds_ptr,
     seed_lo: tl.uint32,
     seed_hi: tl.uint32,
     offset: tl.int64,
@@ -159,6 +174,7 @@ def random_start_nhwc_kernel(
     BLOCK_C: tl.constexpr,
 ):
     seed_lo, seed_hi, offset = philox_key(seed_lo, seed_hi, offset, rng_state_ptr, RNG_IN_MEMORY)
+    eps, clip_min, clip_max = _start_bounds(eps, clip_min, clip_max, bounds_ptr, RNG_IN_MEMORY)
     # channels_last tiles as fastnoise.kernels.noise_injection.noise_forward_nhwc_kernel.
     in_hw, memory, _, counters = nhwc_tile(hw4, channels4, BLOCK_HW, BLOCK_C)
     u = tl.trans(uniform_rows(seed_lo, seed_hi, offset + counters))

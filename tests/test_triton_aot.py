@@ -74,7 +74,7 @@ def _call_every_device_rng_op(tb, shape, dtype, layout):
     tb.noise_backward_sigma_rng(grad, sigma, rng)
     tb.pnil_forward_rng(x, weight, bias, rng)
     tb.pnil_backward_rng(grad, x, weight, bias, rng)
-    tb.random_start_rng(x, 0.03, 0.0, 1.0, True, rng)
+    tb.random_start_rng(x, tb.device_bounds(torch.tensor([0.03, 0.0, 1.0])), True, rng)
 
 
 class Variant(NamedTuple):
@@ -223,9 +223,9 @@ def test_channels_last_fp32_paths_use_128_bit_accesses(compiled):
 
 
 def test_device_rng_variants_access_memory_as_the_scalar_seed_ones(compiled):
-    # The triton ops (torch.compile on CUDA) read [seed, offset] from device memory: two
-    # scalar loads per program, nothing else changed: the same 128-bit accesses of the
-    # tensors, about the same registers.
+    # The triton ops (torch.compile on CUDA) read [seed, offset] (and the random start its
+    # [eps, min, max]) from device memory: scalar loads per program, nothing else changed:
+    # the same 128-bit accesses of the tensors, about the same registers.
     first = {}
     for v in _ok(compiled):
         first.setdefault((v.kernel, v.kind), v)
@@ -239,6 +239,8 @@ def test_device_rng_variants_access_memory_as_the_scalar_seed_ones(compiled):
         accesses = collections.Counter(tl.tensor_accesses(variant.compiled))
         expected = collections.Counter(tl.tensor_accesses(scalar.compiled))
         expected["ld.global.b64"] += 2  # the seed and the offset
+        if variant.kernel.startswith("random_start"):
+            expected["ld.global.b32"] += 3  # eps and the box
         assert accesses == expected, (str(variant), dict(accesses), dict(expected))
         registers = tl.resource_usage(variant.compiled)["reg"]
         assert registers <= tl.resource_usage(scalar.compiled)["reg"] + 8, str(variant)

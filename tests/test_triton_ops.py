@@ -93,7 +93,8 @@ def test_pnil_op_is_the_spec(ops, tb, device, dtype, shape, layout, seed_offset)
 def test_random_start_op_is_the_spec(ops, tb, device, layout, project, seed_offset):
     seed, offset = seed_offset
     x = _make((2, 8, 4, 4), torch.float32, device, layout).clamp(0, 1)
-    got = ops.random_start_op(x, _state(seed, offset, device), 0.1, 0.0, 1.0, project)
+    bounds = torch.tensor([0.1, 0.0, 1.0], device=device)
+    got = ops.random_start_op(x, _state(seed, offset, device), bounds, project)
     assert torch.equal(got, tb.random_start(x, 0.1, seed, offset, 0.0, 1.0, project))
     _close(got, ref.random_start(x, 0.1, seed, offset, 0.0, 1.0, project))
 
@@ -255,7 +256,10 @@ def test_compiled_random_start_launches_the_kernel(traced):
     )
     ((name, args),) = _kernel_launches(graph)
     assert name == "random_start_nhwc_kernel" and args["RNG_IN_MEMORY"] is True
-    assert args["eps"] == 0.03 and (args["clip_min"], args["clip_max"]) == (0.0, 1.0)
+    # eps and the box are graph data on the device, not kernel constants.
+    bounds = args["bounds_ptr"].meta["val"]
+    assert bounds.device.type == "cuda" and bounds.dtype == torch.float32
+    assert bounds.shape == (3,)
     _no_cpu_tensor(graph)
 
 
@@ -304,7 +308,7 @@ def test_op_bodies_trace_with_symbolic_shapes(gpu_kernels, layout):
         (ops.inject_noise_backward_op, (x, sigma, state)),
         (ops.pnil_op, (x, weight, bias, state)),
         (ops.pnil_backward_op, (x, x, weight, bias, state)),
-        (lambda x, s: ops.random_start_op(x, s, 0.1, 0.0, 1.0, True), (x, state)),
+        (lambda x, s, b: ops.random_start_op(x, s, b, True), (x, state, torch.rand(3))),
     ]
     for op, args in calls:
         graph = make_fx(op, tracing_mode="symbolic")(*args)

@@ -412,11 +412,19 @@ def random_start(
     project: bool,
 ) -> torch.Tensor:
     """x + eps * (2u - 1), optionally clipped to the box, in one pass."""
-    rng = _scalar_rng(seed, offset)
-    return random_start_rng(x, eps, clip_min, clip_max, project, rng)
+    bounds = (float(eps), float(clip_min), float(clip_max), 0)  # the 0: bounds_ptr, unread
+    return random_start_rng(x, bounds, project, _scalar_rng(seed, offset))
 
 
-def random_start_rng(x, eps: float, clip_min: float, clip_max: float, project: bool, rng: Rng):
+def device_bounds(bounds: torch.Tensor) -> tuple:
+    """The random start reads float32 ``[eps, clip_min, clip_max]`` from ``bounds`` on the
+    tensors' device (with a device rng: both are in memory, or neither)."""
+    return (0.0, 0.0, 0.0, bounds)
+
+
+def random_start_rng(x, bounds: tuple, project: bool, rng: Rng):
+    """``bounds``: (eps, clip_min, clip_max, bounds_ptr), as random_start or device_bounds
+    make them."""
     launch, _, _, attack_step = _kernels()
     (x,), layout = _in_layout(x)
     out = torch.empty_like(x)
@@ -427,9 +435,9 @@ def random_start_rng(x, eps: float, clip_min: float, clip_max: float, project: b
     if tiles is not None:
         _launch(
             attack_step.random_start_nhwc_kernel, tiles["grid"], x.device,
-            x, out, *tiles["args"], float(eps), float(clip_min), float(clip_max),
-            *rng.args, RNG_IN_MEMORY=rng.in_memory, PROJECT=bool(project),
-            COMPUTE_DTYPE=launch.compute_dtype(x.dtype), **tiles["kwargs"],
+            x, out, *tiles["args"], *bounds, *rng.args, RNG_IN_MEMORY=rng.in_memory,
+            PROJECT=bool(project), COMPUTE_DTYPE=launch.compute_dtype(x.dtype),
+            **tiles["kwargs"],
         )  # fmt: skip
         return out
     block = launch.elementwise_block(x.numel())
@@ -437,7 +445,7 @@ def random_start_rng(x, eps: float, clip_min: float, clip_max: float, project: b
     _launch(
         attack_step.random_start_kernel, grid, x.device,
         x, out, x.numel(), features, layout["hw"], layout["channels"],
-        float(eps), float(clip_min), float(clip_max), *rng.args, RNG_IN_MEMORY=rng.in_memory,
+        *bounds, *rng.args, RNG_IN_MEMORY=rng.in_memory,
         PROJECT=bool(project), TAIL=x.numel() % block != 0,
         CHANNELS_LAST=layout["CHANNELS_LAST"], COMPUTE_DTYPE=launch.compute_dtype(x.dtype),
         BLOCK=block, num_warps=launch.num_warps(),
