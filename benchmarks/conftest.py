@@ -48,6 +48,20 @@ def cases() -> list[tuple[str, str]]:
     return out
 
 
+def per_call_info(device: str, backend: str, op: str, passes: str, shape) -> dict:
+    """The ``extra_info`` of a per-call row, as ``ratio_table.py`` reads it."""
+    return dict(
+        device=device,
+        device_name=torch.cuda.get_device_name() if device == "cuda" else None,
+        backend=backend,
+        op=op,
+        passes=passes,
+        shape=list(shape),
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+    )
+
+
 def synchronize(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()

@@ -35,7 +35,7 @@ import fastnoise
 from fastnoise import nn as fnn
 from fastnoise._dispatch import backend_for
 
-from conftest import devices, fused_backends
+from conftest import devices, fused_backends, per_call_info
 
 SHAPE = (2, 4, 2, 2)  # 32 elements: one tile, one warp, nothing to compute
 FEATURES = SHAPE[1:]
@@ -173,17 +173,8 @@ def test_overhead(benchmark, device, op, passes, compiled, backend):
 
     compile_tag = "torch.compile" if compiled else "no compile"
     benchmark.group = f"{device} {op} {passes}, {compile_tag}"
-    benchmark.extra_info.update(
-        device=device,
-        device_name=torch.cuda.get_device_name() if device == "cuda" else None,
-        backend=backend,
-        op=op,
-        passes=passes,
-        compiled=compiled,
-        shape=list(SHAPE),
-        threads=torch.get_num_threads(),
-        torch=torch.__version__,
-    )
+    benchmark.extra_info.update(per_call_info(device, backend, op, passes, SHAPE))
+    benchmark.extra_info["compiled"] = compiled
     with grad_mode, backend_mode:
         for _ in range(3):  # compiles here, not in the timed rounds
             call()

@@ -24,6 +24,8 @@ from eager import eager_inject_noise, eager_pgd_step, eager_pnil, eager_random_s
 import fastnoise
 from fastnoise import _dispatch
 
+from conftest import per_call_info
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import triton_launches  # noqa: E402  (the recorder of tests/test_triton_aot.py)
 
@@ -95,13 +97,5 @@ def test_triton_host_path(benchmark, triton_on_cpu_without_launches, op, passes,
         call()
         assert (len(launches) > before) == (backend == "triton")  # launches recorded only
         benchmark.group = f"cpu {op} {passes}, triton host path"
-        benchmark.extra_info.update(
-            device="cpu",
-            backend=backend,
-            op=op,
-            passes=passes,
-            shape=list(SHAPE),
-            threads=torch.get_num_threads(),
-            torch=torch.__version__,
-        )
+        benchmark.extra_info.update(per_call_info("cpu", backend, op, passes, SHAPE))
         benchmark.pedantic(call, rounds=ROUNDS, warmup_rounds=2, iterations=ITERATIONS)
