@@ -79,8 +79,9 @@ def test_pnil_op_is_the_spec(ops, tb, device, dtype, shape, layout, seed_offset)
     grad_y = _make(shape, dtype, device, layout)
     y.backward(grad_y)
     expected = ref.pnil_backward(grad_y, *params, seed, offset)
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-4  # bf16 grad_x rounds to 8 bits
     for got, want in zip((x.grad, weight.grad, bias.grad), expected, strict=True):
-        torch.testing.assert_close(got.float(), want.float(), atol=2e-2 * shape[0], rtol=2e-2)
+        torch.testing.assert_close(got.float(), want.float(), atol=tol * shape[0], rtol=tol)
     # The backward op is the backend's scalar-seed backward, bit for bit.
     scalar = tb.pnil_backward(grad_y, *params, seed, offset)
     state = _state(seed, offset, device)
