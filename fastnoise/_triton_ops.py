@@ -95,9 +95,7 @@ def pnil_op(x: Tensor, weight: Tensor, bias: Tensor, rng_state: Tensor) -> Tenso
 def pnil_backward_op(
     grad_y: Tensor, x: Tensor, weight: Tensor, bias: Tensor, rng_state: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    rng_args = backend.device_rng(rng_state)
-    grad_x, grad_w, grad_b = backend.pnil_backward_rng(grad_y, x, weight, bias, rng_args)
-    return grad_x, grad_w, grad_b
+    return backend.pnil_backward_rng(grad_y, x, weight, bias, backend.device_rng(rng_state))
 
 
 register_pnil_autograd(pnil_op, pnil_backward_op)
